@@ -1,0 +1,178 @@
+// AVX2 kernels. Weights are unpacked to unsigned codes (ternary 0/1/2, binary 0/1) with one
+// shift and one mask per 32 weights and multiplied with the int8 activations by vpmaddubsw;
+// the codes' offset (-1 per weight for ternary, 2*bit-1 for binary) is removed with the
+// activations' block sums. Integer sums are exact, so only the epilogue's float steps need to
+// follow scalar.cpp, and they do, one operation at a time.
+#include <algorithm>
+#include <immintrin.h>
+
+#include "kernels.h"
+
+#define TRITLM_INLINE inline __attribute__((always_inline))
+// The tile loops over activation rows must be unrolled so the accumulators live in registers.
+#define TRITLM_UNROLL _Pragma("GCC unroll 8")
+
+namespace tritlm::kernels {
+namespace {
+
+// Blocks accumulated in int16 before widening: a block adds at most 4 * 512 = 2048 in magnitude
+// per lane (a maddubs lane is two products of |code| <= 2 and |q| <= 128), so 8 blocks stay
+// within +-16384, well inside int16.
+constexpr int64_t kI16Blocks = 8;
+
+TRITLM_INLINE int32_t hsum_i32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm_cvtsi128_si32(s);
+}
+
+inline float hmax_ps(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+bool quantize_row(const float* x, int64_t k, int8_t* q, float* s, int32_t* block_sums) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256i exp_mask = _mm256_set1_epi32(0x7f800000);
+  __m256 vmax = _mm256_setzero_ps();
+  __m256i nonfinite = _mm256_setzero_si256();
+  for (int64_t i = 0; i < k; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256i e = _mm256_and_si256(_mm256_castps_si256(v), exp_mask);
+    nonfinite = _mm256_or_si256(nonfinite, _mm256_cmpeq_epi32(e, exp_mask));
+    vmax = _mm256_max_ps(vmax, _mm256_and_ps(v, abs_mask));
+  }
+  if (!_mm256_testz_si256(nonfinite, nonfinite)) return false;
+  const float scale = 127.0f / std::max(hmax_ps(vmax), 1e-5f);
+  *s = scale;
+
+  const __m256 vs = _mm256_set1_ps(scale);
+  const __m256i lo = _mm256_set1_epi32(-128), hi = _mm256_set1_epi32(127);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (int64_t b = 0; b < k / kBlock; ++b) {
+    __m256i sum = _mm256_setzero_si256();
+    for (int64_t j = b * kBlock; j < (b + 1) * kBlock; j += 32) {
+      __m256i v[4];
+      for (int t = 0; t < 4; ++t) {
+        // cvtps rounds with MXCSR's default mode, half to even, as nearbyint does.
+        const __m256i r = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + j + 8 * t), vs));
+        v[t] = _mm256_min_epi32(_mm256_max_epi32(r, lo), hi);
+        sum = _mm256_add_epi32(sum, v[t]);
+      }
+      // packs interleave the 128-bit lanes; the permute restores element order.
+      const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + j), _mm256_permutevar8x32_epi32(p, order));
+    }
+    block_sums[b] = hsum_i32(sum);
+  }
+  return true;
+}
+
+// The four 32-code vectors of one 128-weight block, in weight order.
+struct TernaryBlock {
+  static constexpr int64_t kBytes = 32;
+  __m256i c[4];
+  TRITLM_INLINE explicit TernaryBlock(const uint8_t* p) {
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    const __m256i mask = _mm256_set1_epi8(3);
+    c[0] = _mm256_and_si256(_mm256_srli_epi16(raw, 6), mask);
+    c[1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+    c[2] = _mm256_and_si256(_mm256_srli_epi16(raw, 2), mask);
+    c[3] = _mm256_and_si256(raw, mask);
+  }
+  // sum(W * q) = sum(code * q) - sum(q)
+  static int32_t correct(int32_t code_dot, int32_t q_sum) { return code_dot - q_sum; }
+};
+
+struct BinaryBlock {
+  static constexpr int64_t kBytes = 16;
+  __m256i c[4];
+  TRITLM_INLINE explicit BinaryBlock(const uint8_t* p) {
+    // Lane 0 holds the 16 bytes, lane 1 the same bytes shifted right by one bit, so shifting
+    // both by 2v exposes bit 2v (weights 32v..32v+15) and bit 2v+1 (weights 32v+16..32v+31).
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(raw), _mm_srli_epi16(raw, 1), 1);
+    const __m256i mask = _mm256_set1_epi8(1);
+    c[0] = _mm256_and_si256(both, mask);
+    c[1] = _mm256_and_si256(_mm256_srli_epi16(both, 2), mask);
+    c[2] = _mm256_and_si256(_mm256_srli_epi16(both, 4), mask);
+    c[3] = _mm256_and_si256(_mm256_srli_epi16(both, 6), mask);
+  }
+  // sum(W * q) = sum((2 * bit - 1) * q) = 2 * sum(bit * q) - sum(q)
+  static int32_t correct(int32_t code_dot, int32_t q_sum) { return 2 * code_dot - q_sum; }
+};
+
+// One weight row against BT activation rows starting at b0, over the whole of K.
+template <class Block, int BT>
+TRITLM_INLINE void row_tile(const WeightView& w, const ActView& a, int64_t r, int64_t b0, float* y, int64_t ldy) {
+  const int64_t nblocks = w.k / kBlock, gb = w.group_blocks, groups = w.groups();
+  const uint8_t* row = w.codes + r * nblocks * Block::kBytes;
+  const __m256i ones = _mm256_set1_epi16(1);
+  const int8_t* q[BT];
+  float acc[BT];
+  TRITLM_UNROLL for (int t = 0; t < BT; ++t) {
+    q[t] = a.q + (b0 + t) * a.k;
+    acc[t] = 0.0f;
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256i acc32[BT];
+    TRITLM_UNROLL for (int t = 0; t < BT; ++t) acc32[t] = _mm256_setzero_si256();
+    for (int64_t c0 = g * gb; c0 < (g + 1) * gb; c0 += kI16Blocks) {
+      const int64_t c1 = std::min(c0 + kI16Blocks, (g + 1) * gb);
+      __m256i acc16[BT];
+      TRITLM_UNROLL for (int t = 0; t < BT; ++t) acc16[t] = _mm256_setzero_si256();
+      for (int64_t blk = c0; blk < c1; ++blk) {
+        const Block wb(row + blk * Block::kBytes);
+        TRITLM_UNROLL for (int t = 0; t < BT; ++t) {
+          const int8_t* x = q[t] + blk * kBlock;
+          const __m256i p0 = _mm256_maddubs_epi16(wb.c[0], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
+          const __m256i p1 = _mm256_maddubs_epi16(wb.c[1], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32)));
+          const __m256i p2 = _mm256_maddubs_epi16(wb.c[2], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 64)));
+          const __m256i p3 = _mm256_maddubs_epi16(wb.c[3], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 96)));
+          acc16[t] = _mm256_add_epi16(acc16[t], _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3)));
+        }
+      }
+      TRITLM_UNROLL for (int t = 0; t < BT; ++t) acc32[t] = _mm256_add_epi32(acc32[t], _mm256_madd_epi16(acc16[t], ones));
+    }
+    const float scale = w.scales[r * groups + g];
+    TRITLM_UNROLL for (int t = 0; t < BT; ++t) {
+      const int32_t* sums = a.block_sums + (b0 + t) * nblocks;
+      int32_t q_sum = 0;
+      for (int64_t blk = g * gb; blk < (g + 1) * gb; ++blk) q_sum += sums[blk];
+      const int32_t isum = Block::correct(hsum_i32(acc32[t]), q_sum);
+      const float term = static_cast<float>(isum) * scale;
+      acc[t] = acc[t] + term;
+    }
+  }
+  TRITLM_UNROLL for (int t = 0; t < BT; ++t) y[(b0 + t) * ldy + r] = acc[t] / a.s[b0 + t];
+}
+
+// Activation rows go in tiles of 8 (then 4, 2, 1), so each unpacked weight block serves up to
+// eight rows; rows of W are the inner loop so a tile of activations stays in cache.
+template <class Block>
+void matmul(const WeightView& w, const ActView& a, int64_t r0, int64_t r1, float* y, int64_t ldy) {
+  int64_t b0 = 0;
+  for (; b0 + 8 <= a.rows; b0 += 8)
+    for (int64_t r = r0; r < r1; ++r) row_tile<Block, 8>(w, a, r, b0, y, ldy);
+  for (; b0 + 4 <= a.rows; b0 += 4)
+    for (int64_t r = r0; r < r1; ++r) row_tile<Block, 4>(w, a, r, b0, y, ldy);
+  for (; b0 + 2 <= a.rows; b0 += 2)
+    for (int64_t r = r0; r < r1; ++r) row_tile<Block, 2>(w, a, r, b0, y, ldy);
+  for (; b0 < a.rows; ++b0)
+    for (int64_t r = r0; r < r1; ++r) row_tile<Block, 1>(w, a, r, b0, y, ldy);
+}
+
+const KernelTable kAvx2Table = {
+    "avx2",
+    quantize_row,
+    {matmul<TernaryBlock>, matmul<BinaryBlock>},
+};
+
+}  // namespace
+
+const KernelTable* avx2_table() { return &kAvx2Table; }
+
+}  // namespace tritlm::kernels

@@ -1,0 +1,66 @@
+// The executable specification: plain loops, no intrinsics. Every SIMD table must produce the
+// same bits as this file for the same inputs, so it spells out each rounding step.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "kernels.h"
+
+namespace tritlm::kernels {
+namespace {
+
+bool is_finite_bits(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  return (bits & 0x7f800000u) != 0x7f800000u;
+}
+
+bool quantize_row(const float* x, int64_t k, int8_t* q, float* s, int32_t* block_sums) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < k; ++i) {
+    if (!is_finite_bits(x[i])) return false;
+    amax = std::max(amax, std::fabs(x[i]));
+  }
+  const float scale = 127.0f / std::max(amax, 1e-5f);
+  *s = scale;
+  for (int64_t b = 0; b < k / kBlock; ++b) {
+    int32_t sum = 0;
+    for (int64_t i = b * kBlock; i < (b + 1) * kBlock; ++i) {
+      const float r = std::nearbyint(x[i] * scale);  // default rounding mode: half to even
+      const int32_t v = static_cast<int32_t>(std::min(127.0f, std::max(-128.0f, r)));
+      q[i] = static_cast<int8_t>(v);
+      sum += v;
+    }
+    block_sums[b] = sum;
+  }
+  return true;
+}
+
+template <Format F>
+void matmul(const WeightView& w, const ActView& a, int64_t r0, int64_t r1, float* y, int64_t ldy) {
+  const int64_t rb = row_bytes(F, w.k), groups = w.groups(), gk = w.group_blocks * kBlock;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = w.codes + r * rb;
+    for (int64_t b = 0; b < a.rows; ++b) {
+      const int8_t* q = a.q + b * a.k;
+      float acc = 0.0f;
+      for (int64_t g = 0; g < groups; ++g) {
+        int32_t isum = 0;
+        for (int64_t i = g * gk; i < (g + 1) * gk; ++i) isum += weight_at(F, row, i) * q[i];
+        const float term = static_cast<float>(isum) * w.scales[r * groups + g];
+        acc = acc + term;
+      }
+      y[b * ldy + r] = acc / a.s[b];
+    }
+  }
+}
+
+}  // namespace
+
+const KernelTable kScalarTable = {
+    "scalar",
+    quantize_row,
+    {matmul<Format::kTernary>, matmul<Format::kBinary>},
+};
+
+}  // namespace tritlm::kernels

@@ -1,0 +1,45 @@
+// Owned, packed operands of the kernels and the threaded matmul that combines them.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/kernels.h"
+
+namespace tritlm {
+
+struct PackedWeights {
+  kernels::Format format = kernels::Format::kTernary;
+  int64_t n = 0, k = 0, group_blocks = 0;
+  std::vector<uint8_t> codes;  // n * row_bytes(format, k)
+  std::vector<float> scales;   // n * groups()
+
+  int64_t groups() const { return k / (group_blocks * kernels::kBlock); }
+  int64_t row_bytes() const { return kernels::row_bytes(format, k); }
+  int64_t nbytes() const { return static_cast<int64_t>(codes.size() + scales.size() * sizeof(float)); }
+  kernels::WeightView view() const {
+    return {format, codes.data(), scales.data(), n, k, group_blocks};
+  }
+};
+
+struct QuantizedActivations {
+  int64_t rows = 0, k = 0;
+  std::vector<int8_t> q;             // rows * k
+  std::vector<float> s;              // rows
+  std::vector<int32_t> block_sums;   // rows * k / 128
+  kernels::ActView view() const { return {q.data(), s.data(), block_sums.data(), rows, k}; }
+};
+
+// Quantizes rows x k floats; throws std::invalid_argument naming the first row that holds a NaN
+// or an infinity. k must be a positive multiple of 128 (the caller checks).
+QuantizedActivations quantize(const kernels::KernelTable& t, const float* x, int64_t rows, int64_t k, int n_threads);
+
+// Activations quantized elsewhere: copies q and s and computes the block sums.
+QuantizedActivations activations_from_int8(const int8_t* q, const float* s, int64_t rows, int64_t k);
+
+// y[rows, n] = W a, split over weight rows across n_threads threads. Shapes must agree (the
+// caller checks).
+void matmul(const kernels::KernelTable& t, const PackedWeights& w, const QuantizedActivations& a, float* y,
+            int n_threads);
+
+}  // namespace tritlm

@@ -1,0 +1,272 @@
+#include "repack.h"
+
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+
+#include "threadpool.h"
+
+namespace tritlm {
+namespace {
+
+using kernels::Format;
+using kernels::kBlock;
+
+std::string str(int64_t v) { return std::to_string(v); }
+
+void check_shape(const char* what, int64_t n, int64_t k, int64_t k_multiple) {
+  if (n <= 0) throw std::invalid_argument(std::string(what) + ": n must be positive, got " + str(n));
+  if (k <= 0 || k % k_multiple != 0)
+    throw std::invalid_argument(std::string(what) + ": k must be a positive multiple of " + str(k_multiple) +
+                                ", got " + str(k));
+  if (k > kernels::kMaxK)
+    throw std::invalid_argument(std::string(what) + ": k = " + str(k) + " exceeds the largest supported, " +
+                                str(kernels::kMaxK));
+  if (n > std::numeric_limits<int64_t>::max() / k / 4)
+    throw std::invalid_argument(std::string(what) + ": n * k is too large");
+}
+
+void check_size(const char* what, size_t size, size_t expected) {
+  if (size != expected)
+    throw std::invalid_argument(std::string(what) + ": data is " + std::to_string(size) + " bytes, expected " +
+                                std::to_string(expected) + " for this n and k");
+}
+
+void pack_row(Format f, const int8_t* v, int64_t k, uint8_t* out) {
+  if (f == Format::kTernary) {
+    for (int64_t b = 0; b < k / kBlock; ++b, v += kBlock, out += 32)
+      for (int j = 0; j < 32; ++j)
+        out[j] = static_cast<uint8_t>(((v[j] + 1) << 6) | ((v[j + 32] + 1) << 4) | ((v[j + 64] + 1) << 2) |
+                                      (v[j + 96] + 1));
+  } else {
+    for (int64_t b = 0; b < k / kBlock; ++b, v += kBlock, out += 16)
+      for (int j = 0; j < 16; ++j) {
+        uint8_t byte = 0;
+        for (int u = 0; u < 8; ++u) byte |= static_cast<uint8_t>((v[16 * u + j] > 0) << u);
+        out[j] = byte;
+      }
+  }
+}
+
+// Decodes row r of a source into k int8 weights and its group scales; returns an error message
+// or an empty string.
+using RowDecoder = std::function<std::string(int64_t r, int8_t* values, float* scales)>;
+
+// Runs decode over all rows in parallel and packs the results. The first error (lowest row)
+// is thrown after all threads finish, prefixed with the source's name.
+PackedWeights build(const char* what, Format f, int64_t n, int64_t k, int64_t group_blocks, const RowDecoder& decode,
+                    int n_threads) {
+  PackedWeights w;
+  w.format = f;
+  w.n = n;
+  w.k = k;
+  w.group_blocks = group_blocks;
+  w.codes.assign(n * w.row_bytes(), 0);
+  w.scales.assign(n * w.groups(), 0.0f);
+  constexpr int64_t kRowsPerTask = 64;
+  std::mutex error_mutex;
+  int64_t error_row = n;
+  std::string error;
+  ThreadPool::instance().run((n + kRowsPerTask - 1) / kRowsPerTask, n_threads, [&](int64_t task) {
+    std::vector<int8_t> values(k);
+    for (int64_t r = task * kRowsPerTask; r < std::min(n, (task + 1) * kRowsPerTask); ++r) {
+      float* scales = w.scales.data() + r * w.groups();
+      std::string e = decode(r, values.data(), scales);
+      for (int64_t g = 0; e.empty() && g < w.groups(); ++g)
+        if (!std::isfinite(scales[g])) e = "scale of group " + str(g) + " is not finite";
+      if (!e.empty()) {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        if (r < error_row) {
+          error_row = r;
+          error = std::move(e);
+        }
+        return;
+      }
+      pack_row(f, values.data(), k, w.codes.data() + r * w.row_bytes());
+    }
+  });
+  if (!error.empty()) throw std::invalid_argument(std::string(what) + ": row " + str(error_row) + ": " + error);
+  return w;
+}
+
+uint16_t read_u16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
+
+float read_f32(const uint8_t* p) {
+  float v;
+  std::memcpy(&v, p, sizeof v);  // GGUF is little-endian, as are all targets we build for
+  return v;
+}
+
+std::string bad_code(int64_t index) { return "invalid 2-bit code 3 at column " + str(index); }
+
+}  // namespace
+
+float fp16_to_f32(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+  const uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+  if (exp == 0) {  // zero or subnormal: mant * 2^-24, exact in f32
+    const float v = std::ldexp(static_cast<float>(mant), -24);
+    return sign ? -v : v;
+  }
+  const uint32_t bits = exp == 0x1f ? sign | 0x7f800000u | (mant << 13) : sign | ((exp + 112) << 23) | (mant << 13);
+  float v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+PackedWeights pack_int8(Format f, const int8_t* w, int64_t n, int64_t k, const float* scales, int64_t group_blocks,
+                        int n_threads) {
+  const char* what = f == Format::kTernary ? "pack_ternary" : "pack_binary";
+  check_shape(what, n, k, kBlock);
+  if (group_blocks <= 0 || (k / kBlock) % group_blocks != 0)
+    throw std::invalid_argument(std::string(what) + ": group size " + str(group_blocks * kBlock) +
+                                " does not divide k = " + str(k));
+  const int64_t groups = k / (group_blocks * kBlock);
+  return build(what, f, n, k, group_blocks,
+               [&](int64_t r, int8_t* values, float* row_scales) -> std::string {
+                 const int8_t* src = w + r * k;
+                 for (int64_t i = 0; i < k; ++i) {
+                   const int8_t v = src[i];
+                   const bool ok = f == Format::kTernary ? (v >= -1 && v <= 1) : (v == -1 || v == 1);
+                   if (!ok)
+                     return "value " + str(v) + " at column " + str(i) + " is not " +
+                            (f == Format::kTernary ? "-1, 0 or 1" : "-1 or 1");
+                   values[i] = v;
+                 }
+                 std::memcpy(row_scales, scales + r * groups, groups * sizeof(float));
+                 return {};
+               },
+               n_threads);
+}
+
+// TQ2_0: 256-weight blocks of qs[64] then fp16 d; in each 128-weight half, element m + 32 l is at
+// bits 2l..2l+1 of byte m, as w + 1.
+PackedWeights repack_tq2_0(const uint8_t* data, size_t size, int64_t n, int64_t k, int n_threads) {
+  check_shape("tq2_0", n, k, 256);
+  constexpr int64_t kBytes = 66;
+  const int64_t row = k / 256 * kBytes;
+  check_size("tq2_0", size, static_cast<size_t>(n * row));
+  return build("tq2_0", Format::kTernary, n, k, 2,
+               [&](int64_t r, int8_t* values, float* scales) -> std::string {
+                 for (int64_t b = 0; b < k / 256; ++b) {
+                   const uint8_t* blk = data + r * row + b * kBytes;
+                   for (int half = 0; half < 2; ++half)
+                     for (int l = 0; l < 4; ++l)
+                       for (int m = 0; m < 32; ++m) {
+                         const int64_t i = b * 256 + half * 128 + l * 32 + m;
+                         const int code = (blk[half * 32 + m] >> (2 * l)) & 3;
+                         if (code == 3) return bad_code(i);
+                         values[i] = static_cast<int8_t>(code - 1);
+                       }
+                   scales[b] = fp16_to_f32(read_u16(blk + 64));
+                 }
+                 return {};
+               },
+               n_threads);
+}
+
+// TQ1_0: 256-weight blocks of qs[48], qh[4], fp16 d. A byte holds 5 (qs) or 4 (qh) base-3 digits
+// in fixed point: digit n of byte q is ((uint8_t)(q * 3^n) * 3) >> 8. Bytes 0..31 of qs give
+// weights n*32 + m (160 weights), bytes 32..47 give 160 + n*16 + m, qh gives 240 + n*4 + j.
+PackedWeights repack_tq1_0(const uint8_t* data, size_t size, int64_t n, int64_t k, int n_threads) {
+  check_shape("tq1_0", n, k, 256);
+  constexpr int64_t kBytes = 54;
+  const int64_t row = k / 256 * kBytes;
+  check_size("tq1_0", size, static_cast<size_t>(n * row));
+  return build("tq1_0", Format::kTernary, n, k, 2,
+               [&](int64_t r, int8_t* values, float* scales) -> std::string {
+                 static constexpr uint8_t kPow3[5] = {1, 3, 9, 27, 81};
+                 auto digit = [](uint8_t q, int d) {
+                   return static_cast<int8_t>(((static_cast<uint8_t>(q * kPow3[d]) * 3) >> 8) - 1);
+                 };
+                 for (int64_t b = 0; b < k / 256; ++b) {
+                   const uint8_t* blk = data + r * row + b * kBytes;
+                   int8_t* v = values + b * 256;
+                   for (int d = 0; d < 5; ++d)
+                     for (int m = 0; m < 32; ++m) v[d * 32 + m] = digit(blk[m], d);
+                   for (int d = 0; d < 5; ++d)
+                     for (int m = 0; m < 16; ++m) v[160 + d * 16 + m] = digit(blk[32 + m], d);
+                   for (int d = 0; d < 4; ++d)
+                     for (int j = 0; j < 4; ++j) v[240 + d * 4 + j] = digit(blk[48 + j], d);
+                   scales[b] = fp16_to_f32(read_u16(blk + 52));
+                 }
+                 return {};
+               },
+               n_threads);
+}
+
+// I2_S: n*k/4 bytes in tritlm's ternary layout exactly, then a 32-byte tail whose first four
+// bytes are the f32 tensor scale.
+PackedWeights repack_i2_s(const uint8_t* data, size_t size, int64_t n, int64_t k, int n_threads) {
+  check_shape("i2_s", n, k, kBlock);
+  const int64_t packed = n * k / 4;
+  check_size("i2_s", size, static_cast<size_t>(packed + 32));
+  const float scale = read_f32(data + packed);
+  return build("i2_s", Format::kTernary, n, k, k / kBlock,
+               [&](int64_t r, int8_t* values, float* scales) -> std::string {
+                 const uint8_t* src = data + r * (k / 4);
+                 for (int64_t b = 0; b < k / kBlock; ++b)
+                   for (int j = 0; j < 32; ++j)
+                     for (int i = 0; i < 4; ++i) {
+                       const int code = (src[b * 32 + j] >> (6 - 2 * i)) & 3;
+                       const int64_t col = b * kBlock + 32 * i + j;
+                       if (code == 3) return bad_code(col);
+                       values[col] = static_cast<int8_t>(code - 1);
+                     }
+                 scales[0] = scale;
+                 return {};
+               },
+               n_threads);
+}
+
+// Q1_0: 128-weight blocks of fp16 d then qs[16]; weight j is bit j % 8 of byte j / 8, 1 -> +d.
+PackedWeights repack_q1_0(const uint8_t* data, size_t size, int64_t n, int64_t k, int n_threads) {
+  check_shape("q1_0", n, k, kBlock);
+  constexpr int64_t kBytes = 18;
+  const int64_t row = k / kBlock * kBytes;
+  check_size("q1_0", size, static_cast<size_t>(n * row));
+  return build("q1_0", Format::kBinary, n, k, 1,
+               [&](int64_t r, int8_t* values, float* scales) -> std::string {
+                 for (int64_t b = 0; b < k / kBlock; ++b) {
+                   const uint8_t* blk = data + r * row + b * kBytes;
+                   scales[b] = fp16_to_f32(read_u16(blk));
+                   for (int j = 0; j < kBlock; ++j)
+                     values[b * kBlock + j] = ((blk[2 + j / 8] >> (j % 8)) & 1) ? 1 : -1;
+                 }
+                 return {};
+               },
+               n_threads);
+}
+
+PackedWeights repack_hf_packed(const uint8_t* packed, int64_t packed_rows, int64_t k, float weight_scale,
+                               int n_threads) {
+  check_shape("hf_packed", packed_rows, k, kBlock);
+  if (!std::isfinite(weight_scale)) throw std::invalid_argument("hf_packed: weight_scale is not finite");
+  return build("hf_packed", Format::kTernary, 4 * packed_rows, k, k / kBlock,
+               [&](int64_t r, int8_t* values, float* scales) -> std::string {
+                 const uint8_t* src = packed + (r % packed_rows) * k;
+                 const int shift = static_cast<int>(2 * (r / packed_rows));
+                 for (int64_t i = 0; i < k; ++i) {
+                   const int code = (src[i] >> shift) & 3;
+                   if (code == 3) return bad_code(i);
+                   values[i] = static_cast<int8_t>(code - 1);
+                 }
+                 scales[0] = weight_scale;
+                 return {};
+               },
+               n_threads);
+}
+
+void unpack(const PackedWeights& w, int8_t* values, float* scales) {
+  for (int64_t r = 0; r < w.n; ++r)
+    for (int64_t i = 0; i < w.k; ++i)
+      values[r * w.k + i] = static_cast<int8_t>(kernels::weight_at(w.format, w.codes.data() + r * w.row_bytes(), i));
+  std::memcpy(scales, w.scales.data(), w.scales.size() * sizeof(float));
+}
+
+}  // namespace tritlm

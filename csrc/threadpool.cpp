@@ -1,0 +1,143 @@
+#include "threadpool.h"
+
+#include <chrono>
+#include <set>
+#include <utility>
+
+#if defined(__linux__)
+#include <sched.h>
+
+#include <fstream>
+#include <string>
+#elif defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define TRITLM_PAUSE() _mm_pause()
+#elif defined(__aarch64__)
+#define TRITLM_PAUSE() __asm__ __volatile__("yield")
+#else
+#define TRITLM_PAUSE() ((void)0)
+#endif
+
+namespace tritlm {
+
+int physical_cores() {
+  int n = 0;
+#if defined(__linux__)
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) {
+    std::set<std::pair<std::string, std::string>> cores;
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+      if (!CPU_ISSET(cpu, &set)) continue;
+      const std::string base = "/sys/devices/system/cpu/cpu" + std::to_string(cpu) + "/topology/";
+      std::string package, core;
+      std::ifstream(base + "physical_package_id") >> package;
+      std::ifstream(base + "core_id") >> core;
+      // Without topology files every CPU counts as its own core.
+      cores.emplace(package.empty() ? std::to_string(cpu) : package, core.empty() ? std::to_string(cpu) : core);
+    }
+    n = static_cast<int>(cores.size());
+  }
+#elif defined(__APPLE__)
+  size_t size = sizeof n;
+  if (sysctlbyname("hw.perflevel0.physicalcpu", &n, &size, nullptr, 0) != 0 &&
+      sysctlbyname("hw.physicalcpu", &n, &size, nullptr, 0) != 0)
+    n = 0;
+#endif
+  if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
+  return n > 0 ? n : 1;
+}
+
+ThreadPool& ThreadPool::instance() {
+  // Never destroyed: worker threads must not be joined from a static destructor at interpreter
+  // exit, when the runtime may already have torn down what they touch.
+  static ThreadPool* pool = new ThreadPool();
+  return *pool;
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lock(wake_mutex_);
+    stop_ = true;
+    generation_.fetch_add(1);
+  }
+  wake_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::grow(int n_workers) {
+  while (static_cast<int>(workers_.size()) < n_workers) {
+    const int index = static_cast<int>(workers_.size());
+    // The worker must wait for the first generation after this one: reading generation_ only
+    // once it runs could miss a job posted before the thread got scheduled.
+    const uint64_t seen = generation_.load();
+    workers_.emplace_back([this, index, seen] { worker_loop(index, seen); });
+  }
+}
+
+void ThreadPool::take_tasks() {
+  for (int64_t i = next_.fetch_add(1); i < n_tasks_; i = next_.fetch_add(1)) (*task_)(i);
+}
+
+void ThreadPool::run(int64_t n_tasks, int n_threads, const std::function<void(int64_t)>& task) {
+  if (n_tasks <= 0) return;
+  if (n_threads <= 1 || n_tasks == 1) {
+    for (int64_t i = 0; i < n_tasks; ++i) task(i);
+    return;
+  }
+  std::lock_guard<std::mutex> run_lock(run_mutex_);
+  const int helpers = static_cast<int>(std::min<int64_t>(n_threads - 1, n_tasks - 1));
+  grow(helpers);
+  task_ = &task;
+  n_tasks_ = n_tasks;
+  participants_ = helpers;
+  next_.store(0);
+  // Every worker acknowledges every job, participating or not, so none can still be reading
+  // this job's fields when the next one overwrites them.
+  pending_.store(static_cast<int>(workers_.size()));
+  {
+    std::lock_guard<std::mutex> lock(wake_mutex_);
+    generation_.fetch_add(1, std::memory_order_release);
+  }
+  wake_.notify_all();
+  take_tasks();
+  // Spin briefly, then yield: on a machine with more runnable threads than cores, a worker that
+  // has not been scheduled yet needs this thread's core to acknowledge the job.
+  for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+    if (spins < 256)
+      TRITLM_PAUSE();
+    else
+      std::this_thread::yield();
+  }
+}
+
+void ThreadPool::worker_loop(int index, uint64_t seen) {
+  using clock = std::chrono::steady_clock;
+  // After a job, spin this long for the next before sleeping: decode issues a new matmul every
+  // few tens of microseconds, and a futex wake-up costs about as much as a small matmul.
+  constexpr auto kSpin = std::chrono::milliseconds(2);
+  auto idle_since = clock::now();
+  for (;;) {
+    uint64_t now_gen = generation_.load(std::memory_order_acquire);
+    if (now_gen == seen) {
+      if (clock::now() - idle_since < kSpin) {
+        for (int i = 0; i < 64; ++i) TRITLM_PAUSE();
+        std::this_thread::yield();  // let a thread that shares this core run
+        continue;
+      }
+      std::unique_lock<std::mutex> lock(wake_mutex_);
+      wake_.wait(lock, [&] { return generation_.load() != seen; });
+      now_gen = generation_.load(std::memory_order_acquire);
+    }
+    seen = now_gen;
+    if (stop_) return;
+    if (index < participants_) take_tasks();
+    pending_.fetch_sub(1, std::memory_order_acq_rel);
+    idle_since = clock::now();
+  }
+}
+
+}  // namespace tritlm

@@ -1,0 +1,17 @@
+"""tritlm's exceptions: one hierarchy, so callers can catch everything tritlm raises on purpose
+with ``except tritlm.errors.TritlmError`` and the server can map each class to one HTTP status.
+
+Argument errors in the kernel layer are plain ``ValueError`` / ``TypeError`` (raised by the native
+core, naming the argument), as numpy users expect; classes here that describe bad values also
+derive from ``ValueError`` for the same reason.
+"""
+
+from __future__ import annotations
+
+
+class TritlmError(Exception):
+    """Base class of every exception tritlm raises deliberately."""
+
+
+class ConfigurationError(TritlmError, ValueError):
+    """A setting (argument or environment variable) names something this machine cannot do."""

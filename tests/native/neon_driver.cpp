@@ -1,0 +1,447 @@
+// Standalone check that the NEON kernel tables equal the scalar table bit for bit.
+//
+// Built for aarch64 by tests/native/build_neon.sh (scalar.cpp, neon.cpp twice: baseline and
+// +dotprod) and run under qemu-aarch64 by tests/test_neon_qemu.py. For every case the scalar
+// table computes the reference and each NEON table must reproduce every output bit:
+//   * matmul, both formats, over shapes (activation rows x weight rows x K x group size), a
+//     split row range [r0, mid) + [mid, r1) against one scalar call, and ldy > n with sentinel
+//     padding that must stay untouched;
+//   * the int16/int32 extremes: all q = 127 or -128 against all +1 / all -1 weights at large K;
+//   * special scales (0, -0, subnormal, huge, inf, NaN);
+//   * quantize_row on random rows of many magnitudes, exact .5 ties, amax below 1e-5,
+//     subnormals, FLT_MAX, and rejection of NaN / infinity anywhere in the row.
+// neon-dotprod runs only if the CPU reports dotprod (HWCAP_ASIMDDP); otherwise the driver never
+// calls into that object, not even its table accessor.
+//
+// Output: one line per table tested or skipped, the first mismatches, and a final line
+// "N passed, M failed". Exit status 0 only if nothing failed.
+#include <sys/auxv.h>
+
+#include <cfloat>
+#include <cinttypes>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/kernels.h"
+
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1ul << 20)
+#endif
+
+namespace k = tritlm::kernels;
+
+namespace {
+
+constexpr uint64_t kSeed = 0x7217'1a4b'2024'0001ull;
+constexpr int kMaxReported = 8;  // mismatching values printed per failed case
+
+int g_passed = 0, g_failed = 0;
+
+uint32_t bits_of(float v) {
+  uint32_t b;
+  std::memcpy(&b, &v, sizeof b);
+  return b;
+}
+
+float float_of(uint32_t b) {
+  float v;
+  std::memcpy(&v, &b, sizeof v);
+  return v;
+}
+
+void record(bool ok, const std::string& what) {
+  if (ok) {
+    ++g_passed;
+  } else {
+    ++g_failed;
+    std::printf("FAIL %s\n", what.c_str());
+  }
+}
+
+std::string num(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
+const char* format_name(k::Format f) { return f == k::Format::kTernary ? "ternary" : "binary"; }
+
+// ------------------------------------------------------------------------------------------
+// Matmul cases
+// ------------------------------------------------------------------------------------------
+
+enum class WeightFill { kRandom, kAllPlus, kAllMinus, kRowsPlusMinusZero };
+enum class ActFill { kRandom, kExtremes };  // kExtremes: rows of all 127, all -128, random
+enum class ScaleFill { kRandom, kOne, kSpecial };
+
+struct MatmulCase {
+  k::Format format;
+  int64_t rows, n, k, group_blocks;
+  WeightFill weights = WeightFill::kRandom;
+  ActFill acts = ActFill::kRandom;
+  ScaleFill scales = ScaleFill::kRandom;
+};
+
+std::string describe(const MatmulCase& c) {
+  static const char* const kWeights[] = {"random", "all+1", "all-1", "rows+1/-1/0"};
+  static const char* const kActs[] = {"random", "127/-128/random"};
+  static const char* const kScales[] = {"random", "one", "special"};
+  char buf[240];
+  std::snprintf(buf, sizeof buf, "%s rows=%" PRId64 " n=%" PRId64 " k=%" PRId64 " group_blocks=%" PRId64
+                " weights=%s q=%s scales=%s",
+                format_name(c.format), c.rows, c.n, c.k, c.group_blocks, kWeights[static_cast<int>(c.weights)],
+                kActs[static_cast<int>(c.acts)], kScales[static_cast<int>(c.scales)]);
+  return buf;
+}
+
+// Pack weight values (-1/0/+1, or -1/+1 for binary) of one row into the run-time layout of
+// kernels.h, written independently of the kernels; weight_at() must read them back.
+void pack_row(k::Format f, const std::vector<int>& w, uint8_t* out) {
+  const int64_t kk = static_cast<int64_t>(w.size());
+  std::memset(out, 0, k::row_bytes(f, kk));
+  for (int64_t i = 0; i < kk; ++i) {
+    const int64_t block = i / k::kBlock, j = i % k::kBlock;
+    if (f == k::Format::kTernary) {
+      out[block * 32 + j % 32] |= static_cast<uint8_t>((w[i] + 1) << (6 - 2 * (j / 32)));
+    } else if (w[i] > 0) {
+      out[block * 16 + j % 16] |= static_cast<uint8_t>(1u << (j / 16));
+    }
+  }
+}
+
+int weight_value(const MatmulCase& c, int64_t r, std::mt19937_64& rng) {
+  const bool ternary = c.format == k::Format::kTernary;
+  switch (c.weights) {
+    case WeightFill::kAllPlus: return 1;
+    case WeightFill::kAllMinus: return -1;
+    case WeightFill::kRowsPlusMinusZero:
+      if (r % 3 == 0) return 1;
+      if (r % 3 == 1) return -1;
+      return ternary ? 0 : ((rng() & 1) ? 1 : -1);
+    case WeightFill::kRandom: break;
+  }
+  return ternary ? static_cast<int>(rng() % 3) - 1 : ((rng() & 1) ? 1 : -1);
+}
+
+float random_scale(std::mt19937_64& rng) {
+  std::uniform_real_distribution<float> mag(-12.0f, 4.0f);
+  const float v = std::exp2(mag(rng));
+  return (rng() & 1) ? -v : v;
+}
+
+float special_scale(std::mt19937_64& rng) {
+  static const float kSpecials[] = {0.0f, -0.0f, 1e-40f, -3e-42f, FLT_MIN, 3e38f, -3e38f, INFINITY, -INFINITY,
+                                    std::nanf(""), 1.0f, -1.0f};
+  constexpr uint64_t kCount = sizeof kSpecials / sizeof kSpecials[0];
+  const uint64_t pick = rng() % (2 * kCount);
+  return pick < kCount ? kSpecials[pick] : random_scale(rng);
+}
+
+struct MatmulData {
+  std::vector<uint8_t> codes;
+  std::vector<float> scales;
+  std::vector<int8_t> q;
+  std::vector<float> s;
+  std::vector<int32_t> block_sums;
+  k::WeightView w;
+  k::ActView a;
+};
+
+MatmulData make_data(const MatmulCase& c, std::mt19937_64& rng) {
+  MatmulData d;
+  const int64_t rb = k::row_bytes(c.format, c.k), blocks = c.k / k::kBlock, groups = blocks / c.group_blocks;
+  d.codes.resize(c.n * rb);
+  std::vector<int> row(c.k);
+  for (int64_t r = 0; r < c.n; ++r) {
+    for (int64_t i = 0; i < c.k; ++i) row[i] = weight_value(c, r, rng);
+    pack_row(c.format, row, d.codes.data() + r * rb);
+    for (int64_t i = 0; i < c.k; i += 97) {  // spot-check the packer against the contract
+      if (k::weight_at(c.format, d.codes.data() + r * rb, i) != row[i]) {
+        std::printf("driver bug: pack_row disagrees with weight_at\n");
+        std::exit(2);
+      }
+    }
+  }
+  d.scales.resize(c.n * groups);
+  for (float& v : d.scales) {
+    v = c.scales == ScaleFill::kOne ? 1.0f : c.scales == ScaleFill::kSpecial ? special_scale(rng) : random_scale(rng);
+  }
+  d.q.resize(c.rows * c.k);
+  for (int64_t b = 0; b < c.rows; ++b) {
+    for (int64_t i = 0; i < c.k; ++i) {
+      int v = static_cast<int>(rng() % 256) - 128;  // full int8 range, -128 included
+      if (c.acts == ActFill::kExtremes && b % 3 == 0) v = 127;
+      if (c.acts == ActFill::kExtremes && b % 3 == 1) v = -128;
+      d.q[b * c.k + i] = static_cast<int8_t>(v);
+    }
+  }
+  d.s.resize(c.rows);
+  std::uniform_real_distribution<float> smag(-6.0f, 8.0f);
+  for (float& v : d.s) v = c.scales == ScaleFill::kOne ? 1.0f : std::exp2(smag(rng));
+  d.block_sums.resize(c.rows * blocks);
+  for (int64_t b = 0; b < c.rows; ++b) {
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      int32_t sum = 0;
+      for (int64_t i = 0; i < k::kBlock; ++i) sum += d.q[b * c.k + blk * k::kBlock + i];
+      d.block_sums[b * blocks + blk] = sum;
+    }
+  }
+  d.w = k::WeightView{c.format, d.codes.data(), d.scales.data(), c.n, c.k, c.group_blocks};
+  d.a = k::ActView{d.q.data(), d.s.data(), d.block_sums.data(), c.rows, c.k};
+  return d;
+}
+
+constexpr uint32_t kSentinel = 0x7fbadbadu;  // a NaN pattern no kernel produces
+
+// Runs one case through scalar (one call over all rows) and each table (two calls splitting the
+// weight rows at n/2), with ldy = n + 3 so the padding must keep its sentinel.
+void run_matmul_case(const MatmulCase& c, const std::vector<const k::KernelTable*>& tables,
+                     std::mt19937_64& rng) {
+  const MatmulData d = make_data(c, rng);
+  const int64_t ldy = c.n + 3;
+  const int fi = static_cast<int>(c.format);
+  std::vector<float> expect(c.rows * ldy, float_of(kSentinel));
+  k::kScalarTable.matmul[fi](d.w, d.a, 0, c.n, expect.data(), ldy);
+
+  // Analytic check of the reference itself where the answer is known exactly.
+  if (c.scales == ScaleFill::kOne && c.group_blocks == c.k / k::kBlock && c.acts == ActFill::kExtremes &&
+      (c.weights == WeightFill::kAllPlus || c.weights == WeightFill::kAllMinus)) {
+    const int sign = c.weights == WeightFill::kAllPlus ? 1 : -1;
+    for (int64_t b = 0; b < c.rows && b < 2; ++b) {
+      const float want = static_cast<float>(sign * (b == 0 ? 127 : -128) * c.k);
+      record(bits_of(expect[b * ldy]) == bits_of(want), "scalar analytic " + describe(c));
+    }
+  }
+
+  for (const k::KernelTable* t : tables) {
+    std::vector<float> got(c.rows * ldy, float_of(kSentinel));
+    const int64_t mid = c.n / 2;
+    t->matmul[fi](d.w, d.a, 0, mid, got.data(), ldy);
+    t->matmul[fi](d.w, d.a, mid, c.n, got.data(), ldy);
+    int bad = 0;
+    for (int64_t i = 0; i < c.rows * ldy; ++i) {
+      if (bits_of(got[i]) != bits_of(expect[i])) {
+        if (bad < kMaxReported) {
+          std::printf("  %s matmul %s: y[%" PRId64 "][%" PRId64 "] = %.9g (0x%08x), scalar %.9g (0x%08x)\n",
+                      t->isa, describe(c).c_str(), i / ldy, i % ldy, got[i], bits_of(got[i]), expect[i],
+                      bits_of(expect[i]));
+        }
+        ++bad;
+      }
+    }
+    record(bad == 0, std::string(t->isa) + " matmul " + describe(c) + " (" + std::to_string(bad) + " values differ)");
+  }
+}
+
+std::vector<MatmulCase> matmul_cases() {
+  std::vector<MatmulCase> cases;
+  const int64_t ks[] = {128, 256, 640, 2560, 6912};
+  const k::Format formats[] = {k::Format::kTernary, k::Format::kBinary};
+  for (k::Format f : formats) {
+    for (int64_t kk : ks) {
+      const int64_t blocks = kk / k::kBlock;
+      std::vector<int64_t> gbs{blocks};  // one group per row (per-tensor / per-channel scale)
+      if (blocks % 2 == 0 && blocks != 2) gbs.push_back(2);
+      if (blocks != 1) gbs.push_back(1);
+      for (int64_t gb : gbs) {
+        // Activation rows 1, 3, 7, 17 cover every tile path (8/4 main tiles, 4-2-1 tails);
+        // 64 is a full prefill batch. Weight rows odd and even, 1 included.
+        const int64_t rows_list[] = {1, 3, 7, 17, 64};
+        const int64_t n_list[] = {1, 7, 8, 33};
+        for (int64_t rows : rows_list) {
+          for (int64_t n : n_list) {
+            cases.push_back({f, rows, n, kk, gb});
+          }
+        }
+      }
+    }
+    // Scales that are zero, subnormal, huge, infinite, NaN.
+    cases.push_back({f, 5, 9, 1024, 1, WeightFill::kRandom, ActFill::kRandom, ScaleFill::kSpecial});
+    cases.push_back({f, 9, 6, 2560, 2, WeightFill::kRandom, ActFill::kRandom, ScaleFill::kSpecial});
+    // Accumulator extremes: every product +-127 or +-128 over a long row.
+    for (int64_t kk : {int64_t{6912}, int64_t{16384}}) {
+      for (WeightFill wf : {WeightFill::kAllPlus, WeightFill::kAllMinus, WeightFill::kRowsPlusMinusZero}) {
+        cases.push_back({f, 3, 3, kk, kk / k::kBlock, wf, ActFill::kExtremes, ScaleFill::kOne});
+        cases.push_back({f, 3, 3, kk, 1, wf, ActFill::kExtremes, ScaleFill::kRandom});
+      }
+      cases.push_back({f, 9, 4, kk, 16, WeightFill::kAllMinus, ActFill::kExtremes, ScaleFill::kRandom});
+    }
+  }
+  return cases;
+}
+
+// ------------------------------------------------------------------------------------------
+// quantize_row cases
+// ------------------------------------------------------------------------------------------
+
+struct QuantResult {
+  bool ok;
+  std::vector<int8_t> q;
+  float s;
+  std::vector<int32_t> block_sums;
+};
+
+QuantResult quantize(const k::KernelTable& t, const std::vector<float>& x) {
+  const int64_t kk = static_cast<int64_t>(x.size());
+  QuantResult r{false, std::vector<int8_t>(kk, 99), 0.0f, std::vector<int32_t>(kk / k::kBlock, 12345)};
+  r.ok = t.quantize_row(x.data(), kk, r.q.data(), &r.s, r.block_sums.data());
+  return r;
+}
+
+void check_quantize(const std::string& name, const std::vector<float>& x,
+                    const std::vector<const k::KernelTable*>& tables) {
+  const QuantResult want = quantize(k::kScalarTable, x);
+  for (const k::KernelTable* t : tables) {
+    const QuantResult got = quantize(*t, x);
+    bool same = got.ok == want.ok;
+    if (same && want.ok) {
+      same = bits_of(got.s) == bits_of(want.s) && got.q == want.q && got.block_sums == want.block_sums;
+    }
+    if (!same) {
+      std::printf("  %s quantize %s: ok %d/%d s 0x%08x/0x%08x\n", t->isa, name.c_str(), got.ok, want.ok,
+                  bits_of(got.s), bits_of(want.s));
+      int shown = 0;
+      for (size_t i = 0; i < x.size() && shown < kMaxReported; ++i) {
+        if (got.q[i] != want.q[i]) {
+          std::printf("    x[%zu] = %.9g: q %d, scalar %d\n", i, x[i], got.q[i], want.q[i]);
+          ++shown;
+        }
+      }
+    }
+    record(same, std::string(t->isa) + " quantize " + name);
+  }
+}
+
+// Values of x * s that are exact halves must round to even: check the reference on a crafted row.
+void check_scalar_ties() {
+  std::vector<float> x(128, 0.0f);
+  const float in[] = {127.0f, 0.5f, 1.5f, 2.5f, -0.5f, -1.5f, -2.5f, 126.5f, -126.5f, -127.0f};
+  const int8_t want[] = {127, 0, 2, 2, 0, -2, -2, 126, -126, -127};
+  for (size_t i = 0; i < sizeof in / sizeof in[0]; ++i) x[i] = in[i];
+  const QuantResult r = quantize(k::kScalarTable, x);
+  bool ok = r.ok && r.s == 1.0f;
+  for (size_t i = 0; ok && i < sizeof in / sizeof in[0]; ++i) ok = r.q[i] == want[i];
+  record(ok, "scalar quantize rounds exact ties to even");
+}
+
+void run_quantize_cases(const std::vector<const k::KernelTable*>& tables, std::mt19937_64& rng) {
+  check_scalar_ties();
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const int64_t ks[] = {128, 256, 640, 2560, 6912};
+  const float magnitudes[] = {1e-30f, 1e-12f, 3e-6f, 9.99e-6f, 1e-3f, 1.0f, 37.0f, 1e4f, 1e30f};
+  for (int64_t kk : ks) {
+    for (float m : magnitudes) {
+      std::vector<float> x(kk);
+      for (float& v : x) v = normal(rng) * m;
+      check_quantize("normal k=" + std::to_string(kk) + " magnitude " + num(m), x, tables);
+    }
+    // One outlier dominating the row, values at the clamp edge.
+    std::vector<float> x(kk);
+    for (float& v : x) v = normal(rng);
+    x[rng() % kk] = -1000.0f;
+    check_quantize("outlier k=" + std::to_string(kk), x, tables);
+  }
+
+  // Exact ties: amax 127 gives s = 1, amax 63.5 gives s = 2, amax 254 gives s = 0.5; halves of
+  // every integer in range then land exactly on .5.
+  const float amaxes[] = {127.0f, 63.5f, 254.0f};
+  for (float amax : amaxes) {
+    for (int64_t kk : {int64_t{128}, int64_t{1024}}) {
+      const float s = 127.0f / amax;
+      std::vector<float> x(kk);
+      for (float& v : x) v = (static_cast<float>(static_cast<int>(rng() % 255) - 127) + 0.5f) / s;
+      x[rng() % kk] = (rng() & 1) ? amax : -amax;
+      for (float& v : x) v = v > amax ? amax : v < -amax ? -amax : v;
+      check_quantize("ties amax=" + num(amax) + " k=" + std::to_string(kk), x, tables);
+    }
+  }
+
+  // amax below 1e-5 (s = 127 / 1e-5), zeros, -0, subnormals, FLT_MAX.
+  {
+    std::vector<float> x(256, 0.0f);
+    check_quantize("all zero", x, tables);
+    for (size_t i = 0; i < x.size(); i += 2) x[i] = -0.0f;
+    check_quantize("zeros and negative zeros", x, tables);
+    for (float& v : x) v = normal(rng) * 1e-40f;  // subnormal
+    check_quantize("subnormal", x, tables);
+    for (float& v : x) v = normal(rng) * 4e-6f;
+    x[7] = 1e-5f;
+    x[8] = -9.999999e-6f;
+    check_quantize("amax at 1e-5", x, tables);
+    for (float& v : x) v = normal(rng) * 1e37f;  // stays finite
+    x[3] = FLT_MAX;
+    x[4] = -FLT_MAX;
+    check_quantize("FLT_MAX", x, tables);
+    // Values whose product with s sits right next to a half: nextafter around (m + 0.5) / s.
+    const float s = 127.0f / 100.0f;
+    for (size_t i = 0; i < x.size(); ++i) {
+      const float t = (static_cast<float>(static_cast<int>(rng() % 200) - 100) + 0.5f) / s;
+      x[i] = (i % 3 == 0) ? t : std::nextafter(t, (i % 3 == 1) ? INFINITY : -INFINITY);
+      if (x[i] > 100.0f) x[i] = 100.0f;
+      if (x[i] < -100.0f) x[i] = -100.0f;
+    }
+    x[0] = 100.0f;
+    check_quantize("near halves", x, tables);
+  }
+
+  // Any NaN or infinity anywhere rejects the row.
+  const uint32_t nonfinite[] = {0x7fc00000u, 0xffc00000u, 0x7f800001u, 0x7fbfffffu, 0x7f800000u, 0xff800000u};
+  for (uint32_t bits : nonfinite) {
+    for (int64_t kk : {int64_t{128}, int64_t{2560}}) {
+      for (int64_t pos : {int64_t{0}, kk / 2 + 3, kk - 1}) {
+        std::vector<float> x(kk);
+        for (float& v : x) v = normal(rng);
+        x[pos] = float_of(bits);
+        char name[80];
+        std::snprintf(name, sizeof name, "rejects 0x%08x at %" PRId64 " of %" PRId64, bits, pos, kk);
+        for (const k::KernelTable* t : tables) {
+          const QuantResult got = quantize(*t, x);
+          record(!got.ok, std::string(t->isa) + " quantize " + name);
+        }
+      }
+    }
+  }
+}
+
+bool cpu_has_dotprod() { return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0; }
+
+}  // namespace
+
+int main() {
+  std::vector<const k::KernelTable*> tables;
+  const k::KernelTable* neon = k::neon_table();
+  if (neon == nullptr || std::strcmp(neon->isa, "neon") != 0) {
+    std::printf("FAIL neon_table() is missing or misnamed\n");
+    return 1;
+  }
+  tables.push_back(neon);
+  std::printf("testing table: neon\n");
+  if (cpu_has_dotprod()) {
+    // Only now is it safe to call into the object built with -march=armv8.2-a+dotprod.
+    const k::KernelTable* dp = k::neon_dotprod_table();
+    if (dp == nullptr || std::strcmp(dp->isa, "neon-dotprod") != 0) {
+      std::printf("FAIL neon_dotprod_table() is missing or misnamed\n");
+      return 1;
+    }
+    tables.push_back(dp);
+    std::printf("testing table: neon-dotprod\n");
+  } else {
+    std::printf("skipping table: neon-dotprod (CPU lacks dotprod, HWCAP_ASIMDDP not set)\n");
+  }
+  std::fflush(stdout);
+
+  std::mt19937_64 rng(kSeed);
+  run_quantize_cases(tables, rng);
+  const std::vector<MatmulCase> cases = matmul_cases();
+  for (const MatmulCase& c : cases) run_matmul_case(c, tables, rng);
+
+  std::printf("%d matmul shapes, %zu tables\n", static_cast<int>(cases.size()), tables.size());
+  std::printf("%d passed, %d failed\n", g_passed, g_failed);
+  return g_failed == 0 ? 0 : 1;
+}
