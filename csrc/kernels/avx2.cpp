@@ -3,6 +3,12 @@
 // the codes' offset (-1 per weight for ternary, 2*bit-1 for binary) is removed with the
 // activations' block sums. Integer sums are exact, so only the epilogue's float steps need to
 // follow scalar.cpp, and they do, one operation at a time.
+//
+// CMake compiles this file twice on x86-64: as is (avx2_table, isa "avx2"), and with
+// TRITLM_X86_VNNI=1 and the AVX-512 VNNI + VL flags (avx512vnni_table, isa "avx512-vnni"), where
+// vpdpbusd on 256-bit vectors replaces the maddubs / int16 / madd chain with one instruction.
+// Everything but the table accessor is in an anonymous namespace and always inlined, so the two
+// objects share no out-of-line code the linker could mix up.
 #include <algorithm>
 #include <immintrin.h>
 
@@ -15,10 +21,6 @@
 namespace tritlm::kernels {
 namespace {
 
-// Blocks accumulated in int16 before widening: a block adds at most 4 * 512 = 2048 in magnitude
-// per lane (a maddubs lane is two products of |code| <= 2 and |q| <= 128), so 8 blocks stay
-// within +-16384, well inside int16.
-constexpr int64_t kI16Blocks = 8;
 
 TRITLM_INLINE int32_t hsum_i32(__m256i v) {
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -105,12 +107,61 @@ struct BinaryBlock {
   static int32_t correct(int32_t code_dot, int32_t q_sum) { return 2 * code_dot - q_sum; }
 };
 
+#if TRITLM_X86_VNNI
+// The exact dot product of unsigned codes and int8 activations, accumulated per 128-weight block.
+// vpdpbusd adds each group of four u8 x s8 products straight into int32 lanes. Its latency
+// (about 4 cycles) would bound a tile of few activation rows, so those spread a block over
+// four independent accumulators; a tile of eight already has enough independent work for two.
+// (The 32 vector registers of AVX-512 VL hold them all.)
+template <int BT>
+struct Dot {
+  static constexpr int kAcc = BT >= 8 ? 2 : 4;
+  static constexpr int64_t kFlushBlocks = kMaxK / kBlock;  // int32 lanes never need a flush
+  __m256i acc[kAcc];
+  TRITLM_INLINE void reset() {
+    for (int i = 0; i < kAcc; ++i) acc[i] = _mm256_setzero_si256();
+  }
+  TRITLM_INLINE void add(const __m256i (&c)[4], const int8_t* x) {
+    for (int i = 0; i < 4; ++i)
+      acc[i % kAcc] = _mm256_dpbusd_epi32(acc[i % kAcc], c[i],
+                                          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32 * i)));
+  }
+  TRITLM_INLINE void flush() {}
+  TRITLM_INLINE int32_t total() const {
+    __m256i sum = acc[0];
+    for (int i = 1; i < kAcc; ++i) sum = _mm256_add_epi32(sum, acc[i]);
+    return hsum_i32(sum);
+  }
+};
+#else
+template <int BT>
+struct Dot {
+  // Blocks accumulated in int16 before widening: a block adds at most 4 * 512 = 2048 in
+  // magnitude per lane (a maddubs lane is two products of |code| <= 2 and |q| <= 128), so 8
+  // blocks stay within +-16384, well inside int16.
+  static constexpr int64_t kFlushBlocks = 8;
+  __m256i acc16, acc32;
+  TRITLM_INLINE void reset() { acc16 = acc32 = _mm256_setzero_si256(); }
+  TRITLM_INLINE void add(const __m256i (&c)[4], const int8_t* x) {
+    const __m256i p0 = _mm256_maddubs_epi16(c[0], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
+    const __m256i p1 = _mm256_maddubs_epi16(c[1], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32)));
+    const __m256i p2 = _mm256_maddubs_epi16(c[2], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 64)));
+    const __m256i p3 = _mm256_maddubs_epi16(c[3], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 96)));
+    acc16 = _mm256_add_epi16(acc16, _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3)));
+  }
+  TRITLM_INLINE void flush() {
+    acc32 = _mm256_add_epi32(acc32, _mm256_madd_epi16(acc16, _mm256_set1_epi16(1)));
+    acc16 = _mm256_setzero_si256();
+  }
+  TRITLM_INLINE int32_t total() const { return hsum_i32(acc32); }
+};
+#endif
+
 // One weight row against BT activation rows starting at b0, over the whole of K.
 template <class Block, int BT>
 TRITLM_INLINE void row_tile(const WeightView& w, const ActView& a, int64_t r, int64_t b0, float* y, int64_t ldy) {
   const int64_t nblocks = w.k / kBlock, gb = w.group_blocks, groups = w.groups();
   const uint8_t* row = w.codes + r * nblocks * Block::kBytes;
-  const __m256i ones = _mm256_set1_epi16(1);
   const int8_t* q[BT];
   float acc[BT];
   TRITLM_UNROLL for (int t = 0; t < BT; ++t) {
@@ -118,31 +169,23 @@ TRITLM_INLINE void row_tile(const WeightView& w, const ActView& a, int64_t r, in
     acc[t] = 0.0f;
   }
   for (int64_t g = 0; g < groups; ++g) {
-    __m256i acc32[BT];
-    TRITLM_UNROLL for (int t = 0; t < BT; ++t) acc32[t] = _mm256_setzero_si256();
-    for (int64_t c0 = g * gb; c0 < (g + 1) * gb; c0 += kI16Blocks) {
-      const int64_t c1 = std::min(c0 + kI16Blocks, (g + 1) * gb);
-      __m256i acc16[BT];
-      TRITLM_UNROLL for (int t = 0; t < BT; ++t) acc16[t] = _mm256_setzero_si256();
+    Dot<BT> dot[BT];
+    TRITLM_UNROLL for (int t = 0; t < BT; ++t) dot[t].reset();
+    const int64_t end = (g + 1) * gb;
+    for (int64_t c0 = g * gb; c0 < end; c0 += Dot<BT>::kFlushBlocks) {
+      const int64_t c1 = c0 + std::min(Dot<BT>::kFlushBlocks, end - c0);
       for (int64_t blk = c0; blk < c1; ++blk) {
         const Block wb(row + blk * Block::kBytes);
-        TRITLM_UNROLL for (int t = 0; t < BT; ++t) {
-          const int8_t* x = q[t] + blk * kBlock;
-          const __m256i p0 = _mm256_maddubs_epi16(wb.c[0], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
-          const __m256i p1 = _mm256_maddubs_epi16(wb.c[1], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32)));
-          const __m256i p2 = _mm256_maddubs_epi16(wb.c[2], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 64)));
-          const __m256i p3 = _mm256_maddubs_epi16(wb.c[3], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 96)));
-          acc16[t] = _mm256_add_epi16(acc16[t], _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3)));
-        }
+        TRITLM_UNROLL for (int t = 0; t < BT; ++t) dot[t].add(wb.c, q[t] + blk * kBlock);
       }
-      TRITLM_UNROLL for (int t = 0; t < BT; ++t) acc32[t] = _mm256_add_epi32(acc32[t], _mm256_madd_epi16(acc16[t], ones));
+      TRITLM_UNROLL for (int t = 0; t < BT; ++t) dot[t].flush();
     }
     const float scale = w.scales[r * groups + g];
     TRITLM_UNROLL for (int t = 0; t < BT; ++t) {
       const int32_t* sums = a.block_sums + (b0 + t) * nblocks;
       int32_t q_sum = 0;
       for (int64_t blk = g * gb; blk < (g + 1) * gb; ++blk) q_sum += sums[blk];
-      const int32_t isum = Block::correct(hsum_i32(acc32[t]), q_sum);
+      const int32_t isum = Block::correct(dot[t].total(), q_sum);
       const float term = static_cast<float>(isum) * scale;
       acc[t] = acc[t] + term;
     }
@@ -165,14 +208,22 @@ void matmul(const WeightView& w, const ActView& a, int64_t r0, int64_t r1, float
     for (int64_t r = r0; r < r1; ++r) row_tile<Block, 1>(w, a, r, b0, y, ldy);
 }
 
-const KernelTable kAvx2Table = {
+const KernelTable kTable = {
+#if TRITLM_X86_VNNI
+    "avx512-vnni",
+#else
     "avx2",
+#endif
     quantize_row,
     {matmul<TernaryBlock>, matmul<BinaryBlock>},
 };
 
 }  // namespace
 
-const KernelTable* avx2_table() { return &kAvx2Table; }
+#if TRITLM_X86_VNNI
+const KernelTable* avx512vnni_table() { return &kTable; }
+#else
+const KernelTable* avx2_table() { return &kTable; }
+#endif
 
 }  // namespace tritlm::kernels

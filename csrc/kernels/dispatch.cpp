@@ -15,6 +15,7 @@ namespace tritlm::kernels {
 
 #if !(defined(__x86_64__) || defined(_M_X64))
 const KernelTable* avx2_table() { return nullptr; }
+const KernelTable* avx512vnni_table() { return nullptr; }
 #endif
 #if !defined(__aarch64__)
 const KernelTable* neon_table() { return nullptr; }
@@ -24,7 +25,8 @@ const KernelTable* neon_dotprod_table() { return nullptr; }
 namespace {
 
 struct Features {
-  bool avx2 = false, fma = false, f16c = false, avx512f = false, avx512_vnni = false, avx_vnni = false;
+  bool avx2 = false, fma = false, f16c = false, avx512f = false, avx512bw = false, avx512vl = false;
+  bool avx512_vnni = false, avx_vnni = false;
   bool neon = false, dotprod = false;
 };
 
@@ -46,6 +48,8 @@ Features detect() {
   if (ymm_enabled && __get_cpuid_count(7, 0, &a, &b, &c, &d)) {
     f.avx2 = b & bit_AVX2;
     f.avx512f = zmm_enabled && (b & bit_AVX512F);
+    f.avx512bw = zmm_enabled && (b & bit_AVX512BW);
+    f.avx512vl = zmm_enabled && (b & bit_AVX512VL);
     f.avx512_vnni = zmm_enabled && (c & bit_AVX512VNNI);
   }
   if (ymm_enabled && __get_cpuid_count(7, 1, &a, &b, &c, &d)) f.avx_vnni = a & (1u << 4);
@@ -76,7 +80,7 @@ std::vector<std::string> cpu_features() {
   const Features& f = features();
   std::vector<std::string> out;
   const std::pair<bool, const char*> named[] = {
-      {f.avx2, "avx2"}, {f.fma, "fma"}, {f.f16c, "f16c"}, {f.avx512f, "avx512f"},
+      {f.avx2, "avx2"}, {f.fma, "fma"}, {f.f16c, "f16c"}, {f.avx512f, "avx512f"}, {f.avx512bw, "avx512bw"}, {f.avx512vl, "avx512vl"},
       {f.avx512_vnni, "avx512_vnni"}, {f.avx_vnni, "avx_vnni"}, {f.neon, "neon"}, {f.dotprod, "dotprod"}};
   for (const auto& [present, name] : named)
     if (present) out.emplace_back(name);
@@ -87,6 +91,8 @@ std::vector<const KernelTable*> available_tables() {
   const Features& f = features();
   std::vector<const KernelTable*> out{&kScalarTable};
   if (f.avx2 && f.fma && avx2_table()) out.push_back(avx2_table());
+  if (f.avx2 && f.fma && f.avx512f && f.avx512bw && f.avx512vl && f.avx512_vnni && avx512vnni_table())
+    out.push_back(avx512vnni_table());
   if (f.neon && neon_table()) out.push_back(neon_table());
   if (f.dotprod && neon_dotprod_table()) out.push_back(neon_dotprod_table());
   return out;

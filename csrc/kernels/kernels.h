@@ -82,6 +82,7 @@ struct KernelTable {
 // Each ISA file defines its table; the ones a build or a CPU lacks are null (dispatch.cpp).
 extern const KernelTable kScalarTable;
 const KernelTable* avx2_table();          // null unless built for x86-64
+const KernelTable* avx512vnni_table();    // null unless built for x86-64
 const KernelTable* neon_table();          // null unless built for aarch64
 const KernelTable* neon_dotprod_table();  // null unless built for aarch64
 
