@@ -108,12 +108,32 @@ def repack_q1_0(data: Buffer, n: int, k: int, *, n_threads: int | None = None) -
     return _core.repack_q1_0(_bytes(data), n, k, n_threads)
 
 
-def repack_hf_packed(packed: np.ndarray, weight_scale: float, *, n_threads: int | None = None) -> PackedWeights:
-    """Hugging Face's packed uint8 BitNet weight of shape (out/4, in) and its ``weight_scale``."""
+def repack_hf_packed(
+    packed: np.ndarray,
+    weight_scale: float | npt.ArrayLike,
+    *,
+    linear_class: str = "bitlinear",
+    n_threads: int | None = None,
+) -> PackedWeights:
+    """Hugging Face's packed uint8 BitNet weight of shape (out/4, in) and its ``weight_scale``.
+
+    What ``weight_scale`` means depends on the checkpoint's ``quantization_config.linear_class``,
+    as in transformers' integrations/bitnet.py: ``"bitlinear"`` (microsoft/bitnet-b1.58-2B-4T)
+    divides the output by it, ``"autobitlinear"`` multiplies. tritlm stores a multiplier.
+    """
     scale = np.asarray(weight_scale, dtype=np.float32)
     if scale.size != 1:
         raise ValueError(f"weight_scale must hold one value, got shape {scale.shape}")
-    return _core.repack_hf_packed(_require_array(packed, "packed"), float(scale.reshape(())), n_threads)
+    scale = scale.reshape(())
+    if linear_class == "bitlinear":
+        if scale == 0:
+            raise ValueError("weight_scale is 0; a BitLinear checkpoint divides by it")
+        multiplier = np.float32(1) / scale
+    elif linear_class == "autobitlinear":
+        multiplier = scale
+    else:
+        raise ValueError(f"linear_class must be 'bitlinear' or 'autobitlinear', got {linear_class!r}")
+    return _core.repack_hf_packed(_require_array(packed, "packed"), float(multiplier), n_threads)
 
 
 def quantize_activations(
