@@ -1,5 +1,6 @@
 #include "threadpool.h"
 
+#include <algorithm>
 #include <chrono>
 #include <set>
 #include <utility>
@@ -53,33 +54,36 @@ int physical_cores() {
 
 ThreadPool& ThreadPool::instance() {
   // Never destroyed: worker threads must not be joined from a static destructor at interpreter
-  // exit, when the runtime may already have torn down what they touch.
+  // exit, when the runtime may already have torn down what they touch. They sleep on a
+  // condition variable and die with the process.
   static ThreadPool* pool = new ThreadPool();
   return *pool;
 }
 
-ThreadPool::~ThreadPool() {
-  {
-    std::lock_guard<std::mutex> lock(wake_mutex_);
-    stop_ = true;
-    generation_.fetch_add(1);
-  }
-  wake_.notify_all();
-  for (auto& t : workers_) t.join();
-}
+namespace {
+constexpr uint32_t generation(uint64_t ticket) { return static_cast<uint32_t>(ticket >> 32); }
+constexpr uint64_t make_ticket(uint32_t gen, uint32_t next) { return (uint64_t{gen} << 32) | next; }
+}  // namespace
 
 void ThreadPool::grow(int n_workers) {
+  const uint32_t seen = generation(ticket_.load());
   while (static_cast<int>(workers_.size()) < n_workers) {
     const int index = static_cast<int>(workers_.size());
-    // The worker must wait for the first generation after this one: reading generation_ only
-    // once it runs could miss a job posted before the thread got scheduled.
-    const uint64_t seen = generation_.load();
     workers_.emplace_back([this, index, seen] { worker_loop(index, seen); });
   }
 }
 
-void ThreadPool::take_tasks() {
-  for (int64_t i = next_.fetch_add(1); i < n_tasks_; i = next_.fetch_add(1)) (*task_)(i);
+void ThreadPool::work_on(uint32_t gen) {
+  uint64_t t = ticket_.load(std::memory_order_acquire);
+  while (generation(t) == gen) {
+    const uint32_t next = static_cast<uint32_t>(t);
+    if (next >= n_tasks_) return;
+    if (ticket_.compare_exchange_weak(t, make_ticket(gen, next + 1), std::memory_order_acq_rel)) {
+      (*task_)(next);
+      done_.fetch_add(1, std::memory_order_release);
+      t = ticket_.load(std::memory_order_acquire);
+    }
+  }
 }
 
 void ThreadPool::run(int64_t n_tasks, int n_threads, const std::function<void(int64_t)>& task) {
@@ -91,22 +95,21 @@ void ThreadPool::run(int64_t n_tasks, int n_threads, const std::function<void(in
   std::lock_guard<std::mutex> run_lock(run_mutex_);
   const int helpers = static_cast<int>(std::min<int64_t>(n_threads - 1, n_tasks - 1));
   grow(helpers);
+  // The previous job is complete (done_ reached its count), so no thread reads these now.
   task_ = &task;
   n_tasks_ = n_tasks;
-  participants_ = helpers;
-  next_.store(0);
-  // Every worker acknowledges every job, participating or not, so none can still be reading
-  // this job's fields when the next one overwrites them.
-  pending_.store(static_cast<int>(workers_.size()));
+  done_.store(0, std::memory_order_relaxed);
+  const uint32_t gen = generation(ticket_.load()) + 1;
   {
     std::lock_guard<std::mutex> lock(wake_mutex_);
-    generation_.fetch_add(1, std::memory_order_release);
+    active_workers_.store(helpers, std::memory_order_relaxed);
+    ticket_.store(make_ticket(gen, 0), std::memory_order_release);
   }
   wake_.notify_all();
-  take_tasks();
-  // Spin briefly, then yield: on a machine with more runnable threads than cores, a worker that
-  // has not been scheduled yet needs this thread's core to acknowledge the job.
-  for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+  work_on(gen);
+  // Spin briefly, then yield: on a machine with more runnable threads than cores, a worker in
+  // the middle of a task may need this thread's core to finish it.
+  for (int spins = 0; done_.load(std::memory_order_acquire) != n_tasks; ++spins) {
     if (spins < 256)
       TRITLM_PAUSE();
     else
@@ -114,28 +117,26 @@ void ThreadPool::run(int64_t n_tasks, int n_threads, const std::function<void(in
   }
 }
 
-void ThreadPool::worker_loop(int index, uint64_t seen) {
+void ThreadPool::worker_loop(int index, uint32_t seen) {
   using clock = std::chrono::steady_clock;
   // After a job, spin this long for the next before sleeping: decode issues a new matmul every
   // few tens of microseconds, and a futex wake-up costs about as much as a small matmul.
   constexpr auto kSpin = std::chrono::milliseconds(2);
   auto idle_since = clock::now();
   for (;;) {
-    uint64_t now_gen = generation_.load(std::memory_order_acquire);
-    if (now_gen == seen) {
+    uint32_t gen = generation(ticket_.load(std::memory_order_acquire));
+    if (gen == seen) {
       if (clock::now() - idle_since < kSpin) {
         for (int i = 0; i < 64; ++i) TRITLM_PAUSE();
         std::this_thread::yield();  // let a thread that shares this core run
         continue;
       }
       std::unique_lock<std::mutex> lock(wake_mutex_);
-      wake_.wait(lock, [&] { return generation_.load() != seen; });
-      now_gen = generation_.load(std::memory_order_acquire);
+      wake_.wait(lock, [&] { return generation(ticket_.load()) != seen; });
+      gen = generation(ticket_.load(std::memory_order_acquire));
     }
-    seen = now_gen;
-    if (stop_) return;
-    if (index < participants_) take_tasks();
-    pending_.fetch_sub(1, std::memory_order_acq_rel);
+    seen = gen;
+    if (index < active_workers_.load(std::memory_order_relaxed)) work_on(gen);
     idle_since = clock::now();
   }
 }

@@ -201,3 +201,40 @@ def test_views_are_read_only_and_keep_owner_alive(packed: kernels.PackedWeights)
     assert (codes == 0b10101010).all()  # +1 is code 2 in every field, owner already dropped
     assert packed.scales.shape == (64, 1) and packed.group_size == 256
     assert packed.nbytes == 64 * 256 // 4 + 64 * 4
+
+
+def test_pool_survives_changing_thread_counts_and_busy_cores() -> None:
+    """Jobs of different widths back to back, while other Python threads also submit jobs and a
+    busy thread competes for the cores: every result stays exact and nothing stalls."""
+    rng = np.random.default_rng(6)
+    w = kernels.pack_ternary(rng.integers(-1, 2, size=(96, 256), dtype=np.int8), 0.2)
+    x = rng.standard_normal((2, 256), dtype=np.float32)
+    want = kernels.linear(w, x, n_threads=1)
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    mismatches: list[int] = []
+
+    def submit(widths: list[int]) -> None:
+        for i in range(300):
+            if not np.array_equal(kernels.linear(w, x, n_threads=widths[i % len(widths)]), want):
+                mismatches.append(i)
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        callers = [threading.Thread(target=submit, args=(ws,)) for ws in ([4, 2, 3, 1], [2, 5, 1])]
+        start = time.perf_counter()
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join(timeout=120)
+        assert not any(t.is_alive() for t in callers)
+        assert time.perf_counter() - start < 60
+        assert mismatches == []
+    finally:
+        stop.set()
+        spinner.join()
