@@ -45,9 +45,11 @@ void matmul(const kernels::KernelTable& t, const PackedWeights& w, const Quantiz
   const kernels::WeightView wv = w.view();
   const kernels::ActView av = a.view();
   const kernels::MatmulFn fn = t.matmul[static_cast<int>(w.format)];
-  // About eight chunks a thread balance the load on a shared machine; at least 16 rows a chunk
-  // keep the per-chunk overhead small beside the work.
-  const int64_t chunk = std::max<int64_t>(16, (w.n + 8 * n_threads - 1) / (8 * n_threads));
+  // Decode streams each weight byte once: two long chunks a thread keep each thread's reads
+  // sequential (measured 82-86% of read bandwidth against 74-81% with eight). Batched calls are
+  // compute-bound and balance better with eight. At least 16 rows a chunk either way.
+  const int64_t per_thread = a.rows <= 8 ? 2 : 8;
+  const int64_t chunk = std::max<int64_t>(16, (w.n + per_thread * n_threads - 1) / (per_thread * n_threads));
   const int64_t n_chunks = (w.n + chunk - 1) / chunk;
   ThreadPool::instance().run(n_chunks, n_threads, [&](int64_t c) {
     fn(wv, av, c * chunk, std::min(w.n, (c + 1) * chunk), y, w.n);
