@@ -13,6 +13,7 @@
 #include <string>
 
 #include "bandwidth.h"
+#include "bindings_util.h"
 #include "kernels/dispatch.h"
 #include "packed.h"
 #include "repack.h"
@@ -23,86 +24,6 @@ using namespace nb::literals;
 
 namespace tritlm {
 namespace {
-
-// Any array-like input, read-only ones included (np.frombuffer over bytes, memory maps).
-using Input = nb::ndarray<nb::ro>;
-
-constexpr int kMaxThreads = 1024;
-std::atomic<int> g_threads{0};  // 0 until first use: physical_cores()
-
-int default_threads() {
-  int n = g_threads.load();
-  if (n == 0) {
-    n = physical_cores();
-    g_threads.store(n);
-  }
-  return n;
-}
-
-int check_threads(int n, const char* name = "n_threads") {
-  if (n < 1 || n > kMaxThreads)
-    throw nb::value_error((std::string(name) + " must be between 1 and " + std::to_string(kMaxThreads) +
-                           ", got " + std::to_string(n)).c_str());
-  return n;
-}
-
-int resolve_threads(std::optional<int> n) { return n ? check_threads(*n) : default_threads(); }
-
-const kernels::KernelTable& resolve_table(const std::optional<std::string>& isa) {
-  return isa ? kernels::table_named(*isa) : kernels::active_table();
-}
-
-std::string dtype_name(nb::dlpack::dtype d) {
-  const char* kind = "unknown";
-  switch (static_cast<nb::dlpack::dtype_code>(d.code)) {
-    case nb::dlpack::dtype_code::Int: kind = "int"; break;
-    case nb::dlpack::dtype_code::UInt: kind = "uint"; break;
-    case nb::dlpack::dtype_code::Float: kind = "float"; break;
-    case nb::dlpack::dtype_code::Bfloat: kind = "bfloat"; break;
-    case nb::dlpack::dtype_code::Complex: kind = "complex"; break;
-    case nb::dlpack::dtype_code::Bool: return "bool";
-  }
-  return kind + std::to_string(d.bits);
-}
-
-template <class T> const char* dtype_of();
-template <> const char* dtype_of<float>() { return "float32"; }
-template <> const char* dtype_of<int8_t>() { return "int8"; }
-template <> const char* dtype_of<uint8_t>() { return "uint8"; }
-
-// The data of a C-contiguous CPU array of T with `ndim` dimensions, or an exception naming `name`.
-template <class T>
-const T* require(const Input& a, const char* name, size_t ndim) {
-  const std::string arg(name);
-  if (a.device_type() != nb::device::cpu::value) throw nb::value_error((arg + " must be a CPU array").c_str());
-  if (a.dtype() != nb::dtype<T>())
-    throw nb::type_error((arg + " must have dtype " + dtype_of<T>() + ", got " + dtype_name(a.dtype())).c_str());
-  if (a.ndim() != ndim)
-    throw nb::value_error(
-        (arg + " must have " + std::to_string(ndim) + " dimensions, got " + std::to_string(a.ndim())).c_str());
-  int64_t expected = 1;
-  for (size_t i = ndim; a.size() > 0 && i-- > 0;) {
-    if (a.shape(i) != 1 && a.stride(i) != expected)
-      throw nb::value_error((arg + " must be C-contiguous (use numpy.ascontiguousarray)").c_str());
-    expected *= static_cast<int64_t>(a.shape(i));
-  }
-  return static_cast<const T*>(a.data());
-}
-
-void check_k(int64_t k, const char* what) {
-  if (k <= 0 || k % kernels::kBlock != 0 || k > kernels::kMaxK)
-    throw nb::value_error((std::string(what) + " must be a positive multiple of 128 up to " +
-                           std::to_string(kernels::kMaxK) + ", got " + std::to_string(k))
-                              .c_str());
-}
-
-// A numpy array that owns a heap copy-free buffer: the vector's storage moves into a capsule.
-template <class T>
-nb::ndarray<nb::numpy, T> to_numpy(std::vector<T>&& v, std::initializer_list<size_t> shape) {
-  auto* owned = new std::vector<T>(std::move(v));
-  nb::capsule owner(owned, [](void* p) noexcept { delete static_cast<std::vector<T>*>(p); });
-  return nb::ndarray<nb::numpy, T>(owned->data(), shape, owner);
-}
 
 QuantizedActivations quantize_checked(const Input& x, int n_threads, const kernels::KernelTable& t) {
   const float* data = require<float>(x, "x", 2);
@@ -151,7 +72,7 @@ void def_repack(nb::module_& m, const char* name, Repack fn, const char* doc) {
 
 NB_MODULE(_core, m) {
   using namespace tritlm;
-  m.doc() = "tritlm's native core: ternary and 1-bit matmul kernels, packing and threads.";
+  m.doc() = "tritlm's native core: kernels, packing, threads, and the transformer forward pass.";
 
   nb::class_<PackedWeights>(m, "PackedWeights", "A weight matrix in tritlm's run-time layout.")
       .def_prop_ro("format", [](const PackedWeights& w) {
@@ -324,4 +245,6 @@ NB_MODULE(_core, m) {
       },
       "nbytes"_a, "n_threads"_a = nb::none(), "repeats"_a = 3,
       "Streaming read bandwidth in bytes/s, best of `repeats` passes over an nbytes buffer.");
+
+  bind_model(m);
 }

@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "f16.h"
 #include "threadpool.h"
 
 namespace tritlm {
@@ -105,19 +106,6 @@ float read_f32(const uint8_t* p) {
 std::string bad_code(int64_t index) { return "invalid 2-bit code 3 at column " + str(index); }
 
 }  // namespace
-
-float fp16_to_f32(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
-  const uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
-  if (exp == 0) {  // zero or subnormal: mant * 2^-24, exact in f32
-    const float v = std::ldexp(static_cast<float>(mant), -24);
-    return sign ? -v : v;
-  }
-  const uint32_t bits = exp == 0x1f ? sign | 0x7f800000u | (mant << 13) : sign | ((exp + 112) << 23) | (mant << 13);
-  float v;
-  std::memcpy(&v, &bits, sizeof v);
-  return v;
-}
 
 PackedWeights pack_int8(Format f, const int8_t* w, int64_t n, int64_t k, const float* scales, int64_t group_blocks,
                         int n_threads) {

@@ -29,7 +29,4 @@ PackedWeights repack_hf_packed(const uint8_t* packed, int64_t packed_rows, int64
 // The inverse of pack_int8: w[n, k] and scales[n, groups].
 void unpack(const PackedWeights& w, int8_t* values, float* scales);
 
-// IEEE binary16 to binary32, exactly.
-float fp16_to_f32(uint16_t h);
-
 }  // namespace tritlm

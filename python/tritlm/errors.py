@@ -15,3 +15,12 @@ class TritlmError(Exception):
 
 class ConfigurationError(TritlmError, ValueError):
     """A setting (argument or environment variable) names something this machine cannot do."""
+
+
+class ModelLoadError(TritlmError):
+    """A model file or folder is missing, unreadable, corrupt, or describes an unsupported model.
+    The message names the path and the problem."""
+
+
+class ContextOverflowError(TritlmError, ValueError):
+    """A prompt (or prompt plus requested tokens) does not fit the context window."""

@@ -1,0 +1,258 @@
+// The forward pass of BitNet b1.58 (and its gated-SiLU Llama kin), one function per block:
+//
+//   x = embed(tokens)
+//   per layer:  a = rmsnorm(x, attn_norm);  q, k, v = BitLinear(a);  rope(q, k)
+//               attn = causal_attention(q, K-cache, V-cache)          (grouped-query heads)
+//               x += BitLinear_o(rmsnorm(attn, attn_sub_norm))
+//               b = rmsnorm(x, ffn_norm);  h = relu(gate(b))^2 * up(b)  (or silu(gate(b)) * up(b))
+//               x += BitLinear_down(rmsnorm(h, ffn_sub_norm))
+//   logits = rmsnorm(x, output_norm) . output^T
+//
+// BitLinear = per-token int8 activation quantization + ternary (or binary) weights + scale.
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "f16.h"
+#include "kernels/dispatch.h"
+#include "model/model.h"
+#include "threadpool.h"
+
+namespace tritlm::model {
+
+std::string Linear::kind() const { return packed ? (packed->format == kernels::Format::kTernary ? "ternary" : "binary") : "float"; }
+
+int64_t Linear::nbytes() const { return packed ? packed->nbytes() : out * in * 4; }
+
+float Table::at(int64_t r, int64_t c) const { return f16 ? fp16_to_f32(f16[r * cols + c]) : f32[r * cols + c]; }
+
+namespace {
+
+// RMSNorm in f32: x * w / sqrt(mean(x^2) + eps), row by row.
+void rmsnorm(float* out, const float* x, const std::vector<float>& w, int n, int dim, float eps) {
+  for (int t = 0; t < n; ++t) {
+    const float* xt = x + static_cast<int64_t>(t) * dim;
+    float ss = 0.0f;
+    for (int i = 0; i < dim; ++i) ss += xt[i] * xt[i];
+    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(dim) + eps);
+    float* ot = out + static_cast<int64_t>(t) * dim;
+    for (int i = 0; i < dim; ++i) ot[i] = w[i] * (xt[i] * inv);
+  }
+}
+
+// Rotary position embedding in NEOX (rotate-half) order over each head of width head_dim.
+void rope(float* x, int n, int pos0, int n_heads, int head_dim, const std::vector<float>& inv_freq) {
+  const int half = head_dim / 2;
+  for (int t = 0; t < n; ++t)
+    for (int i = 0; i < half; ++i) {
+      const float angle = static_cast<float>(pos0 + t) * inv_freq[i];
+      const float c = static_cast<float>(std::cos(static_cast<double>(angle)));
+      const float s = static_cast<float>(std::sin(static_cast<double>(angle)));
+      for (int h = 0; h < n_heads; ++h) {
+        float* v = x + (static_cast<int64_t>(t) * n_heads + h) * head_dim;
+        const float a = v[i], b = v[i + half];
+        v[i] = a * c - b * s;
+        v[i + half] = b * c + a * s;
+      }
+    }
+}
+
+float relu2(float g) { return g > 0.0f ? g * g : 0.0f; }
+float silu(float g) { return g / (1.0f + std::exp(-g)); }
+
+}  // namespace
+
+Session::Session(const Model& model, int n_ctx, bool kv_f16, int n_threads)
+    : m_(model), n_ctx_(n_ctx), n_threads_(n_threads), kv_f16_(kv_f16) {
+  const Config& c = m_.config;
+  kv_dim_ = static_cast<int64_t>(c.n_kv_heads) * c.head_dim;
+  const size_t cache = static_cast<size_t>(c.n_layers) * n_ctx * kv_dim_;
+  if (kv_f16) {
+    k16_.resize(cache);
+    v16_.resize(cache);
+  } else {
+    k32_.resize(cache);
+    v32_.resize(cache);
+  }
+  // As transformers computes it: 1 / theta^(2i / head_dim) in f32.
+  for (int i = 0; i < c.head_dim / 2; ++i)
+    rope_inv_freq_.push_back(1.0f / std::pow(c.rope_theta, static_cast<float>(2 * i) / static_cast<float>(c.head_dim)));
+}
+
+void Session::truncate(int n) {
+  if (n < 0 || n > n_past_)
+    throw std::out_of_range("truncate: position " + std::to_string(n) + " is outside 0.." + std::to_string(n_past_));
+  n_past_ = n;
+}
+
+void Session::linear(const Linear& l, const std::vector<float>& x, int n, std::vector<float>& y) {
+  y.resize(static_cast<size_t>(n) * l.out);
+  if (l.packed) {
+    const kernels::KernelTable& t = kernels::active_table();
+    const QuantizedActivations a = quantize(t, x.data(), n, l.in, n_threads_);
+    matmul(t, *l.packed, a, y.data(), n_threads_);
+    return;
+  }
+  constexpr int64_t kRows = 64;
+  ThreadPool::instance().run((l.out + kRows - 1) / kRows, n_threads_, [&](int64_t task) {
+    for (int64_t r = task * kRows; r < std::min(l.out, (task + 1) * kRows); ++r)
+      for (int t = 0; t < n; ++t) {
+        const float* w = l.dense + r * l.in;
+        const float* xt = x.data() + static_cast<int64_t>(t) * l.in;
+        float acc = 0.0f;
+        for (int64_t i = 0; i < l.in; ++i) acc += w[i] * xt[i];
+        y[static_cast<size_t>(t) * l.out + r] = acc;
+      }
+  });
+}
+
+void Session::store_kv(int layer, int n, int pos0, const std::vector<float>& k, const std::vector<float>& v) {
+  const size_t base = (static_cast<size_t>(layer) * n_ctx_ + pos0) * kv_dim_;
+  const size_t count = static_cast<size_t>(n) * kv_dim_;
+  if (kv_f16_) {
+    for (size_t i = 0; i < count; ++i) {
+      k16_[base + i] = f32_to_fp16(k[i]);
+      v16_[base + i] = f32_to_fp16(v[i]);
+    }
+  } else {
+    std::copy(k.begin(), k.begin() + count, k32_.begin() + base);
+    std::copy(v.begin(), v.begin() + count, v32_.begin() + base);
+  }
+}
+
+// Causal attention of n new tokens (positions pos0..pos0+n-1) over the cache, one task per
+// (token, head). Query head h reads kv head h / (n_heads / n_kv_heads).
+void Session::attention(int layer, int n, int pos0, const std::vector<float>& q, std::vector<float>& out) {
+  const Config& c = m_.config;
+  const int hd = c.head_dim, group = c.n_heads / c.n_kv_heads;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const size_t layer_base = static_cast<size_t>(layer) * n_ctx_ * kv_dim_;
+  out.assign(static_cast<size_t>(n) * c.n_heads * hd, 0.0f);
+  ThreadPool::instance().run(static_cast<int64_t>(n) * c.n_heads, n_threads_, [&](int64_t task) {
+    const int t = static_cast<int>(task / c.n_heads), h = static_cast<int>(task % c.n_heads);
+    const int kvh = h / group, len = pos0 + t + 1;
+    const float* qh = q.data() + (static_cast<size_t>(t) * c.n_heads + h) * hd;
+    auto key = [&](int p, int i) {
+      const size_t idx = layer_base + static_cast<size_t>(p) * kv_dim_ + static_cast<size_t>(kvh) * hd + i;
+      return kv_f16_ ? fp16_to_f32(k16_[idx]) : k32_[idx];
+    };
+    auto value = [&](int p, int i) {
+      const size_t idx = layer_base + static_cast<size_t>(p) * kv_dim_ + static_cast<size_t>(kvh) * hd + i;
+      return kv_f16_ ? fp16_to_f32(v16_[idx]) : v32_[idx];
+    };
+    std::vector<float> score(len);
+    float max_score = -INFINITY;
+    for (int p = 0; p < len; ++p) {
+      float dot = 0.0f;
+      for (int i = 0; i < hd; ++i) dot += qh[i] * key(p, i);
+      score[p] = dot * scale;
+      max_score = std::max(max_score, score[p]);
+    }
+    float sum = 0.0f;
+    for (int p = 0; p < len; ++p) sum += score[p] = std::exp(score[p] - max_score);
+    float* o = out.data() + (static_cast<size_t>(t) * c.n_heads + h) * hd;
+    for (int p = 0; p < len; ++p) {
+      const float weight = score[p] / sum;
+      for (int i = 0; i < hd; ++i) o[i] += weight * value(p, i);
+    }
+  });
+}
+
+void Session::forward_chunk(const int32_t* tokens, int n, std::vector<float>& x) {
+  const Config& c = m_.config;
+  const int pos0 = n_past_;
+  x.resize(static_cast<size_t>(n) * c.dim);
+  for (int t = 0; t < n; ++t)
+    for (int i = 0; i < c.dim; ++i) x[static_cast<size_t>(t) * c.dim + i] = m_.token_embd.at(tokens[t], i);
+
+  std::vector<float> a, q, k, v, attn, normed, proj, gate, up;
+  for (int l = 0; l < c.n_layers; ++l) {
+    const Layer& L = m_.layers[l];
+    // Attention block.
+    a.resize(x.size());
+    rmsnorm(a.data(), x.data(), L.attn_norm, n, c.dim, c.norm_eps);
+    linear(L.attn_q, a, n, q);
+    linear(L.attn_k, a, n, k);
+    linear(L.attn_v, a, n, v);
+    rope(q.data(), n, pos0, c.n_heads, c.head_dim, rope_inv_freq_);
+    rope(k.data(), n, pos0, c.n_kv_heads, c.head_dim, rope_inv_freq_);
+    store_kv(l, n, pos0, k, v);
+    attention(l, n, pos0, q, attn);
+    if (c.sub_norms) {
+      normed.resize(attn.size());
+      rmsnorm(normed.data(), attn.data(), L.attn_sub_norm, n, c.n_heads * c.head_dim, c.norm_eps);
+      attn.swap(normed);
+    }
+    linear(L.attn_output, attn, n, proj);
+    for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
+
+    // Feed-forward block.
+    rmsnorm(a.data(), x.data(), L.ffn_norm, n, c.dim, c.norm_eps);
+    linear(L.ffn_gate, a, n, gate);
+    linear(L.ffn_up, a, n, up);
+    const bool relu_squared = c.activation == Activation::kRelu2;
+    for (size_t i = 0; i < gate.size(); ++i) gate[i] = (relu_squared ? relu2(gate[i]) : silu(gate[i])) * up[i];
+    if (c.sub_norms) {
+      normed.resize(gate.size());
+      rmsnorm(normed.data(), gate.data(), L.ffn_sub_norm, n, c.ffn_dim, c.norm_eps);
+      gate.swap(normed);
+    }
+    linear(L.ffn_down, gate, n, proj);
+    for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
+  }
+  std::vector<float> out(x.size());
+  rmsnorm(out.data(), x.data(), m_.output_norm, n, c.dim, c.norm_eps);
+  x.swap(out);
+  n_past_ += n;
+}
+
+// logits[t, v] = hidden[t] . output[v], one task per block of vocabulary rows.
+void Session::logits(const float* hidden, int n, float* out) {
+  const Table& head = m_.output;
+  constexpr int64_t kRows = 256;
+  ThreadPool::instance().run((head.rows + kRows - 1) / kRows, n_threads_, [&](int64_t task) {
+    std::vector<float> row(head.cols);
+    for (int64_t r = task * kRows; r < std::min(head.rows, (task + 1) * kRows); ++r) {
+      for (int64_t i = 0; i < head.cols; ++i) row[i] = head.at(r, i);
+      for (int t = 0; t < n; ++t) {
+        const float* h = hidden + static_cast<int64_t>(t) * head.cols;
+        float acc = 0.0f;
+        for (int64_t i = 0; i < head.cols; ++i) acc += h[i] * row[i];
+        out[static_cast<int64_t>(t) * head.rows + r] = acc;
+      }
+    }
+  });
+}
+
+std::vector<float> Session::eval(const int32_t* tokens, int64_t n, Output out) {
+  const Config& c = m_.config;
+  if (n < 1) throw std::invalid_argument("tokens must not be empty");
+  if (n_past_ + n > n_ctx_)
+    throw std::length_error(std::to_string(n_past_ + n) + " tokens do not fit the context of " + std::to_string(n_ctx_) +
+                            " (" + std::to_string(n_past_) + " already in the cache + " + std::to_string(n) + " new)");
+  for (int64_t i = 0; i < n; ++i)
+    if (tokens[i] < 0 || tokens[i] >= c.vocab_size)
+      throw std::invalid_argument("token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
+                                  " is outside the vocabulary (0.." + std::to_string(c.vocab_size - 1) + ")");
+  std::vector<float> result;
+  std::vector<float> hidden;
+  for (int64_t start = 0; start < n; start += kChunk) {
+    const int len = static_cast<int>(std::min<int64_t>(kChunk, n - start));
+    forward_chunk(tokens + start, len, hidden);
+    const bool last_chunk = start + len == n;
+    if (out == Output::kAll) {
+      const size_t at = result.size();
+      result.resize(at + static_cast<size_t>(len) * c.vocab_size);
+      logits(hidden.data(), len, result.data() + at);
+    } else if (out == Output::kHidden) {
+      result.insert(result.end(), hidden.begin(), hidden.end());
+    } else if (out == Output::kLast && last_chunk) {
+      result.resize(c.vocab_size);
+      logits(hidden.data() + static_cast<size_t>(len - 1) * c.dim, 1, result.data());
+    }
+  }
+  return result;
+}
+
+}  // namespace tritlm::model
