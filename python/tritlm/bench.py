@@ -37,6 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from . import _core, kernels
+from .kernels import PackedWeights
+
 # --------------------------------------------------------------------------------------------
 # Model geometry and targets
 # --------------------------------------------------------------------------------------------
@@ -321,16 +324,8 @@ class WeightSource:
         return self.rng.standard_normal((batch, k), dtype=np.float32)
 
 
-def _pack(kernels: Any, fmt: str, w: np.ndarray, scale: float) -> Any:
+def _pack(fmt: str, w: np.ndarray, scale: float) -> PackedWeights:
     return kernels.pack_ternary(w, scale) if fmt == "ternary" else kernels.pack_binary(w, scale)
-
-
-def _packed_nbytes(packed: Any, fmt: str, n: int, k: int) -> int:
-    """Bytes a kernel streams for one matrix: ``.nbytes`` if the binding has it, else the layout."""
-    nbytes = getattr(packed, "nbytes", None)
-    if isinstance(nbytes, int) and nbytes > 0:
-        return nbytes
-    return n * k // (4 if fmt == "ternary" else 8) + 4 * n
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,7 +334,6 @@ def _packed_nbytes(packed: Any, fmt: str, n: int, k: int) -> int:
 
 
 def bench_gemm(
-    kernels: Any,
     src: WeightSource,
     cfg: Config,
     *,
@@ -354,8 +348,8 @@ def bench_gemm(
     """Time single matmul calls over shapes x batches x threads (one packed matrix per shape)."""
     rows: list[GemmRow] = []
     for shape in shapes:
-        packed = _pack(kernels, fmt, src.matrix(fmt, shape.n, shape.k), 0.03)
-        wbytes = _packed_nbytes(packed, fmt, shape.n, shape.k)
+        packed = _pack(fmt, src.matrix(fmt, shape.n, shape.k), 0.03)
+        wbytes = packed.nbytes
         for batch in batches:
             act = kernels.quantize_activations(src.activations(batch, shape.k))
             for t in threads:
@@ -381,7 +375,7 @@ def bench_gemm(
     return rows
 
 
-def bench_quantize(kernels: Any, src: WeightSource, cfg: Config, batches: Sequence[int]) -> list[QuantRow]:
+def bench_quantize(src: WeightSource, cfg: Config, batches: Sequence[int]) -> list[QuantRow]:
     """Time quantize_activations: it runs once per distinct input per step, so it must be cheap."""
     rows: list[QuantRow] = []
     for k in sorted({s.k for s in SHAPES}):
@@ -395,12 +389,11 @@ def bench_quantize(kernels: Any, src: WeightSource, cfg: Config, batches: Sequen
 
 def measure_bandwidth(cfg: Config, threads: int) -> float:
     """Streaming-read bandwidth of this machine right now (bytes/s), the yardstick for decode."""
-    from tritlm import _core
 
     return float(_core.measure_read_bandwidth(cfg.bandwidth_bytes, threads, cfg.bandwidth_repeats))
 
 
-def build_decode_set(kernels: Any, src: WeightSource, fmt: str, layers: int) -> tuple[list[tuple[Any, int]], int]:
+def build_decode_set(src: WeightSource, fmt: str, layers: int) -> tuple[list[tuple[Any, int]], int]:
     """Pack every matrix of ``layers`` layers into its own buffer.
 
     Returns ``(matrices, distinct_bytes)`` where ``matrices`` is the decode order as
@@ -411,14 +404,13 @@ def build_decode_set(kernels: Any, src: WeightSource, fmt: str, layers: int) -> 
     for _ in range(layers):
         for idx in LAYER_ORDER:
             s = SHAPES[idx]
-            packed = _pack(kernels, fmt, src.matrix(fmt, s.n, s.k), 0.02)
-            total += _packed_nbytes(packed, fmt, s.n, s.k)
+            packed = _pack(fmt, src.matrix(fmt, s.n, s.k), 0.02)
+            total += packed.nbytes
             mats.append((packed, s.k))
     return mats, total
 
 
 def bench_decode(
-    kernels: Any,
     src: WeightSource,
     cfg: Config,
     fmt: str,
@@ -427,7 +419,7 @@ def bench_decode(
     """Time full batch-1 passes over a whole model's distinct matrices, per thread count."""
     progress(f"decode: packing {cfg.layers} layers of {fmt} weights")
     t0 = time.perf_counter()
-    mats, wbytes = build_decode_set(kernels, src, fmt, cfg.layers)
+    mats, wbytes = build_decode_set(src, fmt, cfg.layers)
     build_s = time.perf_counter() - t0
     acts = {k: kernels.quantize_activations(src.activations(1, k)) for k in {s.k for s in SHAPES}}
     isa = cfg.isa
@@ -677,28 +669,27 @@ def render(rep: Report) -> str:
 
 def system_header() -> dict[str, Any]:
     """What the figures depend on: ISA, features, threads, CPU, versions, date."""
-    import tritlm
+    from . import __version__, system_info  # the package imports nothing from this module
 
-    info = dict(tritlm.system_info())
+    info = system_info()
     return {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu_model": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "machine": platform.machine(),
-        "isa": info.get("isa"),
-        "features": list(info.get("features", [])),
-        "threads": info.get("threads"),
-        "available_isas": list(info.get("available_isas", [])),
+        "isa": info["isa"],
+        "features": info["features"],
+        "threads": info["threads"],
+        "available_isas": info["available_isas"],
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "tritlm": getattr(tritlm, "__version__", "?"),
+        "tritlm": __version__,
         "load_start": _load(),
     }
 
 
 def run_kernels(cfg: Config, system: dict[str, Any], progress: Callable[[str], None]) -> Report:
     """Run every measurement of the ``kernels`` subcommand and return the report."""
-    from tritlm import kernels
 
     cfg.active_isa = str(system["isa"])
     rep = Report(system=system, config=asdict(cfg))
@@ -706,20 +697,20 @@ def run_kernels(cfg: Config, system: dict[str, Any], progress: Callable[[str], N
 
     want = set(cfg.sections)
     if "gemm" in want:
-        rep.gemm = bench_gemm(kernels, src, cfg, section="gemm", fmt="ternary", shapes=SHAPES,
+        rep.gemm = bench_gemm(src, cfg, section="gemm", fmt="ternary", shapes=SHAPES,
                               batches=cfg.batches, threads=cfg.threads, isa=cfg.isa, progress=progress)
     if "binary" in want:
-        rep.binary_gemm = bench_gemm(kernels, src, cfg, section="binary gemm", fmt="binary",
+        rep.binary_gemm = bench_gemm(src, cfg, section="binary gemm", fmt="binary",
                                      shapes=SHAPES[:1] if cfg.quick else SHAPES, batches=[TARGET_BATCH],
                                      threads=cfg.threads, isa=cfg.isa, progress=progress)
     if "scalar" in want and "scalar" in kernels.available_isas():
         fast_isa = cfg.isa or cfg.active_isa
         scalar_batches = [1] if cfg.quick else [1, 8]
         for isa in ["scalar"] + ([fast_isa] if fast_isa != "scalar" else []):
-            rep.scalar += bench_gemm(kernels, src, cfg, section="scalar", fmt="ternary", shapes=[SCALAR_SHAPE],
+            rep.scalar += bench_gemm(src, cfg, section="scalar", fmt="ternary", shapes=[SCALAR_SHAPE],
                                      batches=scalar_batches, threads=[1], isa=isa, progress=progress)
     if "quantize" in want:
-        rep.quantize = bench_quantize(kernels, src, cfg, [1, TARGET_BATCH])
+        rep.quantize = bench_quantize(src, cfg, [1, TARGET_BATCH])
 
     if "decode" in want:
         # Bandwidth right before and right after the decode passes, so it sees the same
@@ -729,8 +720,8 @@ def run_kernels(cfg: Config, system: dict[str, Any], progress: Callable[[str], N
         for t in cfg.threads:
             progress(f"bandwidth: {cfg.bandwidth_bytes >> 20} MiB, threads={t}")
             bw[t] = BandwidthRow(t, cfg.bandwidth_bytes, cfg.bandwidth_repeats, measure_bandwidth(cfg, t))
-        rep.decode = bench_decode(kernels, src, cfg, "ternary", progress)
-        rep.decode += bench_decode(kernels, src, cfg, "binary", progress)
+        rep.decode = bench_decode(src, cfg, "ternary", progress)
+        rep.decode += bench_decode(src, cfg, "binary", progress)
         for t in cfg.threads:
             progress(f"bandwidth again: {cfg.bandwidth_bytes >> 20} MiB, threads={t}")
             bw[t].after_bps = measure_bandwidth(cfg, t)
