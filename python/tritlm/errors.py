@@ -24,3 +24,13 @@ class ModelLoadError(TritlmError):
 
 class ContextOverflowError(TritlmError, ValueError):
     """A prompt (or prompt plus requested tokens) does not fit the context window."""
+
+
+class ChatTemplateError(TritlmError, ValueError):
+    """A chat template cannot be compiled or rendered: a syntax error, a ``raise_exception`` call
+    (the template rejecting the conversation), a sandbox violation, or a runtime error."""
+
+
+class InvalidMessagesError(TritlmError, ValueError):
+    """Chat messages are malformed: an unknown role, or content that is neither a string nor a
+    list of text parts. The message names the offending message by index."""
