@@ -90,7 +90,7 @@ def reference_logits(config: dict, w: dict, tokens: np.ndarray) -> np.ndarray:
         g, u = bitlinear(b, w[p + "ffn_gate"]), bitlinear(b, w[p + "ffn_up"])
         act = np.maximum(g, 0) ** 2 if c["activation"] == "relu2" else g / (1 + np.exp(-g))
         x = x + bitlinear(rmsnorm(act * u, w[p + "ffn_sub_norm"]), w[p + "ffn_down"])
-    return rmsnorm(x, w["output_norm"]) @ w["token_embd"].T
+    return rmsnorm(x, w["output_norm"]) @ w.get("output", w["token_embd"]).T
 
 
 @pytest.mark.parametrize("activation", ["relu2", "silu"])

@@ -6,10 +6,20 @@ import os
 from typing import Any
 
 from . import _core, kernels
-from .errors import ConfigurationError, TritlmError
+from .errors import ConfigurationError, ContextOverflowError, ModelLoadError, TritlmError
 
 __version__ = "0.1.0"
-__all__ = ["ConfigurationError", "TritlmError", "get_num_threads", "kernels", "set_num_threads", "system_info"]
+__all__ = [
+    "LLM",
+    "ConfigurationError",
+    "ContextOverflowError",
+    "ModelLoadError",
+    "TritlmError",
+    "get_num_threads",
+    "kernels",
+    "set_num_threads",
+    "system_info",
+]
 
 KERNELS_ENV = "TRITLM_KERNELS"
 
@@ -26,6 +36,8 @@ def _apply_kernel_override() -> None:
 
 
 _apply_kernel_override()
+
+from .llm import LLM  # noqa: E402  (after the kernel override, which must precede any model load)
 
 
 def set_num_threads(n: int) -> None:

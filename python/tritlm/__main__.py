@@ -1,0 +1,200 @@
+"""Command line: python -m tritlm {generate,chat,info,bench,convert}."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import TritlmError
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", required=True, help="GGUF file or Hugging Face folder")
+    p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
+    p.add_argument("-c", "--ctx", type=int, default=4096, help="context size in tokens")
+
+
+def _sampling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", "--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--min-p", type=float, default=0.05)
+    p.add_argument("--repeat-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+
+
+def _sampling_kwargs(a: argparse.Namespace) -> dict[str, object]:
+    return dict(
+        max_tokens=a.max_tokens,
+        temperature=a.temperature,
+        top_p=a.top_p,
+        top_k=a.top_k,
+        min_p=a.min_p,
+        repetition_penalty=a.repeat_penalty,
+        seed=a.seed,
+    )
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from .llm import LLM
+
+    llm = LLM(a.model, n_threads=a.threads, n_ctx=a.ctx)
+    completion = None
+    for delta in llm.stream(a.prompt, **_sampling_kwargs(a)):
+        sys.stdout.write(delta.text)
+        sys.stdout.flush()
+        completion = delta.completion or completion
+    sys.stdout.write("\n")
+    if completion is not None:
+        t = completion.timings
+        print(
+            f"[{completion.usage.prompt_tokens} prompt tokens at {t.prompt_tokens_per_s:.1f} tok/s, "
+            f"{completion.usage.completion_tokens} generated at {t.generation_tokens_per_s:.1f} tok/s, "
+            f"finish: {completion.finish_reason}]",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_chat(a: argparse.Namespace) -> int:
+    from .llm import LLM
+
+    llm = LLM(a.model, n_threads=a.threads, n_ctx=a.ctx)
+    messages: list[dict[str, object]] = []
+    if a.system:
+        messages.append({"role": "system", "content": a.system})
+    print("tritlm chat: an empty line or Ctrl-D ends the conversation.", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            break
+        if not line.strip():
+            break
+        messages.append({"role": "user", "content": line})
+        reply = []
+        for delta in llm.chat_stream(messages, **_sampling_kwargs(a)):
+            sys.stdout.write(delta.text)
+            sys.stdout.flush()
+            reply.append(delta.text)
+        sys.stdout.write("\n")
+        messages.append({"role": "assistant", "content": "".join(reply)})
+    return 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    from .loaders import load_model
+
+    spec = load_model(a.path)
+    c = spec.config
+    print(f"path          : {spec.path}")
+    print(f"architecture  : {c['arch']} (activation {c['activation']}, sub-norms {c['sub_norms']})")
+    print(
+        f"shape         : {c['n_layers']} layers, dim {c['dim']}, heads {c['n_heads']} (kv {c['n_kv_heads']}), "
+        f"head_dim {c['head_dim']}, ffn {c['ffn_dim']}, vocab {c['vocab_size']}"
+    )
+    print(f"rope theta    : {c['rope_theta']}, rms eps {c['norm_eps']}")
+    types: dict[str, int] = {}
+    for t in spec.tensor_types.values():
+        types[t] = types.get(t, 0) + 1
+    print("tensor types  : " + ", ".join(f"{t} x{n}" for t, n in sorted(types.items())))
+    kinds: dict[str, int] = {}
+    for name, w in spec.weights.items():
+        kind = getattr(w, "format", None) or ("float" if ".attn_" in name or ".ffn_" in name else None)
+        if kind and not name.endswith("norm"):
+            kinds[kind] = kinds.get(kind, 0) + 1
+    print("linears run as: " + ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items())))
+    print(f"chat template : {'(built-in 2B4T fallback)' if not spec.chat_template else spec.chat_template[:200]!r}")
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from . import _core
+    from .llm import LLM
+
+    llm = LLM(a.model, n_threads=a.threads, n_ctx=max(a.ctx, a.prompt + a.gen + 1))
+    info = llm.info
+    threads = a.threads or _core.get_num_threads()
+    bandwidth = _core.measure_read_bandwidth(1 << 30, threads, 5)
+    per_token = info["linear_bytes"] + info["head_bytes"]  # every linear and the head, each token
+    rng = np.random.default_rng(0)
+    vocab = llm.spec.config["vocab_size"]
+    pp, tg = [], []
+    for _ in range(a.repeats):
+        ids = rng.integers(0, vocab, a.prompt).tolist()
+        t0 = time.perf_counter()
+        llm.eval_logits(ids)
+        pp.append(a.prompt / (time.perf_counter() - t0))
+        session = llm._session
+        t0 = time.perf_counter()
+        for tok in rng.integers(0, vocab, a.gen):
+            session.eval(np.asarray([tok], dtype=np.int32), "last")
+        tg.append(a.gen / (time.perf_counter() - t0))
+        llm._cached = []
+    roofline = bandwidth / per_token
+
+    def fmt(xs: list[float]) -> str:
+        return f"{statistics.mean(xs):8.2f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:6.2f}"
+
+    print(f"model: {a.model}  threads: {threads}  bytes read per token: {per_token / 1e9:.3f} GB")
+    print(f"read bandwidth (same run): {bandwidth / 1e9:.1f} GB/s -> roofline {roofline:.1f} tokens/s")
+    print(f"pp{a.prompt:<5} {fmt(pp)} tokens/s")
+    print(f"tg{a.gen:<5} {fmt(tg)} tokens/s  ({100 * statistics.mean(tg) / roofline:.0f}% of roofline)")
+    return 0
+
+
+def cmd_convert(a: argparse.Namespace) -> int:
+    from .loaders.convert import convert
+
+    convert(a.src, a.dst, a.type)
+    print(f"wrote {a.dst}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tritlm", description="Ternary and 1-bit LLMs on the CPU.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="stream a completion of a prompt to stdout")
+    _add_model(g)
+    _sampling(g)
+    g.add_argument("prompt")
+    g.set_defaults(fn=cmd_generate)
+    c = sub.add_parser("chat", help="an interactive chat")
+    _add_model(c)
+    _sampling(c)
+    c.add_argument("--system", default=None, help="system prompt")
+    c.set_defaults(fn=cmd_chat)
+    i = sub.add_parser("info", help="architecture, sizes, tensor types and template of a model")
+    i.add_argument("path")
+    i.set_defaults(fn=cmd_info)
+    b = sub.add_parser("bench", help="prompt and generation speed, as llama-bench measures them")
+    _add_model(b)
+    b.add_argument("-p", "--prompt", type=int, default=128, help="prompt tokens")
+    b.add_argument("-n", "--gen", type=int, default=64, help="generated tokens")
+    b.add_argument("-r", "--repeats", type=int, default=3)
+    b.set_defaults(fn=cmd_bench)
+    v = sub.add_parser("convert", help="Hugging Face BitNet folder -> GGUF")
+    v.add_argument("src")
+    v.add_argument("dst")
+    v.add_argument("--type", choices=["tq2_0", "tq1_0", "i2_s"], default="i2_s")
+    v.set_defaults(fn=cmd_convert)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except (TritlmError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

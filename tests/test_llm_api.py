@@ -1,0 +1,187 @@
+"""The Python generation API on a small random model: results, streaming, stop strings, seeds,
+logprobs, chat, async twins, embeddings, errors and the command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import anyio
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import model_factory as mf  # noqa: E402
+
+import tritlm  # noqa: E402
+from tritlm.errors import ChatTemplateError, ContextOverflowError, InvalidMessagesError, ModelLoadError  # noqa: E402
+
+PROMPT = "The cat sat on the mat; the dog"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory):
+    return mf.build_master(tmp_path_factory.mktemp("model"), dtype="bfloat16", seed=3)
+
+
+@pytest.fixture(scope="module")
+def llm(folder) -> tritlm.LLM:
+    return tritlm.LLM(folder, n_ctx=256)
+
+
+def test_generate_returns_text_tokens_usage_and_timings(llm: tritlm.LLM) -> None:
+    out = llm.generate(PROMPT, max_tokens=12, temperature=0, ignore_eos=True)
+    assert out.finish_reason == "length"
+    assert len(out.token_ids) == 12
+    assert out.text == llm.detokenize(out.token_ids)
+    assert out.usage.prompt_tokens == len(llm.tokenize(PROMPT))
+    assert out.usage.completion_tokens == 12 and out.usage.total_tokens == out.usage.prompt_tokens + 12
+    t = out.timings
+    assert 0 < t.time_to_first_token_s <= t.total_s and t.generation_tokens_per_s > 0 and t.prompt_tokens_per_s > 0
+
+
+def test_stream_concatenates_to_generate(llm: tritlm.LLM) -> None:
+    deltas = list(llm.stream(PROMPT, max_tokens=10, temperature=0, ignore_eos=True))
+    final = deltas[-1]
+    assert final.finish_reason == "length" and final.completion is not None
+    assert "".join(d.text for d in deltas) == final.completion.text
+    assert final.completion.text == llm.generate(PROMPT, max_tokens=10, temperature=0, ignore_eos=True).text
+
+
+def test_same_seed_same_output_and_prefix_cache_is_exact(llm: tritlm.LLM) -> None:
+    a = llm.generate(PROMPT, max_tokens=16, temperature=1.0, seed=123, ignore_eos=True)
+    llm.generate("Something else entirely", max_tokens=3, temperature=0)
+    b = llm.generate(PROMPT, max_tokens=16, temperature=1.0, seed=123, ignore_eos=True)
+    c = llm.generate(PROMPT, max_tokens=16, temperature=1.0, seed=123, ignore_eos=True)
+    assert a.token_ids == b.token_ids == c.token_ids
+    assert c.usage.cached_tokens == c.usage.prompt_tokens - 1  # the whole prompt but its last token
+
+
+def test_stop_strings_end_the_text_without_leaking(llm: tritlm.LLM) -> None:
+    full = llm.generate(PROMPT, max_tokens=20, temperature=0, ignore_eos=True).text
+    cut = full[3:6]
+    assert cut
+    out = llm.generate(PROMPT, max_tokens=20, temperature=0, ignore_eos=True, stop=[cut])
+    assert out.finish_reason == "stop"
+    assert out.text == full[: full.index(cut)]
+    streamed = "".join(d.text for d in llm.stream(PROMPT, max_tokens=20, temperature=0, ignore_eos=True, stop=cut))
+    assert streamed == out.text
+
+
+def test_logprobs_have_the_openai_pieces(llm: tritlm.LLM) -> None:
+    out = llm.generate(PROMPT, max_tokens=5, temperature=0, ignore_eos=True, logprobs=3)
+    assert out.logprobs is not None and len(out.logprobs) == 5
+    for entry, token in zip(out.logprobs, out.token_ids):
+        assert entry.token_id == token and entry.logprob <= 0
+        assert len(entry.top) == 3 and entry.top[0][1] == token  # greedy picks the most likely
+        assert bytes(entry.bytes) == llm.tokenizer.token_bytes(token)
+
+
+def test_prompt_as_token_ids_and_bad_ids(llm: tritlm.LLM) -> None:
+    ids = llm.tokenize(PROMPT)
+    assert llm.generate(ids, max_tokens=4, temperature=0).token_ids == llm.generate(PROMPT, max_tokens=4, temperature=0).token_ids
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        llm.generate([1, 10**6], max_tokens=2)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        llm.generate([], max_tokens=2)
+
+
+def test_context_overflow_names_both_lengths(folder) -> None:
+    small = tritlm.LLM(folder, n_ctx=16)
+    with pytest.raises(ContextOverflowError, match=r"prompt of \d+ tokens does not fit the context of 16 tokens"):
+        small.generate("word " * 40, max_tokens=2)
+    out = small.generate("Hello", max_tokens=100, temperature=0, ignore_eos=True)
+    assert out.finish_reason == "length" and out.usage.total_tokens == 16
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [({"temperature": -0.5}, "temperature"), ({"top_p": 0.0}, "top_p"), ({"min_p": 1.5}, "min_p"),
+     ({"top_k": -1}, "top_k"), ({"max_tokens": 0}, "max_tokens"), ({"logprobs": 21}, "logprobs"),
+     ({"presence_penalty": 5}, "presence_penalty"), ({"logit_bias": {3: 500}}, "logit_bias")],
+)
+def test_invalid_sampling_values_name_the_field(llm: tritlm.LLM, kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        llm.generate(PROMPT, **kwargs)
+
+
+def test_chat_uses_the_template_and_validates_messages(llm: tritlm.LLM) -> None:
+    messages = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
+    prompt = llm.chat_prompt(messages)
+    assert prompt.startswith("<|begin_of_text|>") and prompt.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    out = llm.chat(messages, max_tokens=4, temperature=0, ignore_eos=True)
+    assert out.usage.prompt_tokens == len(llm.tokenizer.encode(prompt, add_special=False))
+    with pytest.raises(InvalidMessagesError, match="role"):
+        llm.chat([{"role": "wizard", "content": "x"}], max_tokens=1)
+    with pytest.raises(InvalidMessagesError):
+        llm.chat([{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}], max_tokens=1)
+    assert issubclass(ChatTemplateError, ValueError)
+
+
+def test_async_twins_match_sync_and_do_not_block(llm: tritlm.LLM) -> None:
+    want = llm.generate(PROMPT, max_tokens=6, temperature=0, ignore_eos=True)
+
+    async def main() -> tuple[str, str, int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await anyio.sleep(0)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            got = await llm.agenerate(PROMPT, max_tokens=6, temperature=0, ignore_eos=True)
+            streamed = "".join([d.text async for d in llm.astream(PROMPT, max_tokens=6, temperature=0, ignore_eos=True)])
+            tg.cancel_scope.cancel()
+        return got.text, streamed, ticks
+
+    text, streamed, ticks = anyio.run(main)
+    assert text == streamed == want.text
+    assert ticks > 6  # the event loop kept running while tokens were computed
+
+
+def test_embed_is_normalized_and_distinguishes_texts(llm: tritlm.LLM) -> None:
+    e = llm.embed(["the cat sat", "the cat sat", "numbers 12345"])
+    assert e.shape == (3, llm.spec.config["dim"]) and e.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(e[0], e[1])
+    assert e[0] @ e[2] < 0.9999
+
+
+def test_close_and_context_manager(folder) -> None:
+    with tritlm.LLM(folder, n_ctx=32) as m:
+        assert m.generate("Hi", max_tokens=2, temperature=0).usage.completion_tokens <= 2
+    with pytest.raises(Exception):
+        m.generate("Hi", max_tokens=2)
+
+
+def test_missing_model_is_a_load_error(tmp_path) -> None:
+    with pytest.raises(ModelLoadError, match="nope"):
+        tritlm.LLM(tmp_path / "nope")
+
+
+def test_info_reports_how_linears_run(llm: tritlm.LLM) -> None:
+    info = llm.info
+    assert set(info["linears"].values()) == {"ternary"}
+    assert info["config"]["activation"] == "relu2" and info["linear_bytes"] > 0
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tritlm", *args], capture_output=True, text=True, timeout=180)
+
+
+def test_cli_generate_info_and_bench(folder) -> None:
+    r = _cli("generate", "-m", str(folder), "-n", "8", "--temperature", "0", "Hello")
+    assert r.returncode == 0, r.stderr
+    assert "tok/s" in r.stderr
+    r = _cli("info", str(folder))
+    assert r.returncode == 0, r.stderr
+    assert "bitnet-b1.58" in r.stdout and "ternary" in r.stdout
+    r = _cli("bench", "-m", str(folder), "-p", "16", "-n", "8", "-r", "2")
+    assert r.returncode == 0, r.stderr
+    assert "pp16" in r.stdout and "tg8" in r.stdout and "% of roofline" in r.stdout
+    r = _cli("generate", "-m", str(folder / "missing"), "x")
+    assert r.returncode == 2 and "error:" in r.stderr
