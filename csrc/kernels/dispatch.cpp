@@ -90,8 +90,8 @@ std::vector<std::string> cpu_features() {
 std::vector<const KernelTable*> available_tables() {
   const Features& f = features();
   std::vector<const KernelTable*> out{&kScalarTable};
-  if (f.avx2 && f.fma && avx2_table()) out.push_back(avx2_table());
-  if (f.avx2 && f.fma && f.avx512f && f.avx512bw && f.avx512vl && f.avx512_vnni && avx512vnni_table())
+  if (f.avx2 && f.fma && f.f16c && avx2_table()) out.push_back(avx2_table());
+  if (f.avx2 && f.fma && f.f16c && f.avx512f && f.avx512bw && f.avx512vl && f.avx512_vnni && avx512vnni_table())
     out.push_back(avx512vnni_table());
   if (f.neon && neon_table()) out.push_back(neon_table());
   if (f.dotprod && neon_dotprod_table()) out.push_back(neon_dotprod_table());

@@ -73,10 +73,19 @@ using QuantizeRowFn = bool (*)(const float* x, int64_t k, int8_t* q, float* s, i
 using MatmulFn = void (*)(const WeightView& w, const ActView& a, int64_t r0, int64_t r1, float* y,
                           int64_t ldy);
 
+// y[t * ldy + r] = dot(w row r, x row t) for weight rows r in [r0, r1) and x rows t < n_x, with
+// w an IEEE binary16 matrix and both row strides `cols` (a multiple of 16): the output head.
+// The order is fixed so that 8-lane (AVX2) and 4-lane (NEON) FMA accumulators reproduce it:
+//   acc[0..15] = 0; for i < cols: acc[i % 16] = fma(f32(w[r, i]), x[t, i], acc[i % 16]) (fused);
+//   for step in 8, 4, 2, 1: acc[j] = acc[j] + acc[j + step] for j < step; the result is acc[0].
+using MatvecF16Fn = void (*)(const uint16_t* w, int64_t cols, const float* x, int64_t n_x, int64_t r0, int64_t r1,
+                             float* y, int64_t ldy);
+
 struct KernelTable {
   const char* isa;
   QuantizeRowFn quantize_row;
   MatmulFn matmul[kFormatCount];  // indexed by Format
+  MatvecF16Fn matvec_f16;
 };
 
 // Each ISA file defines its table; the ones a build or a CPU lacks are null (dispatch.cpp).

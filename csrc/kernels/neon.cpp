@@ -284,10 +284,88 @@ void matmul(const WeightView& w, const ActView& a, int64_t r0, int64_t r1, float
   }
 }
 
+// ------------------------------------------------------------------------------------------
+// f16 matrix-vector (the output head)
+// ------------------------------------------------------------------------------------------
+
+// scalar.cpp's 16 partial sums live in four 4-lane accumulators, a[q] holding acc[4q .. 4q+3].
+// Its pairwise reduction is then: step 8 = a0 + a2 and a1 + a3, step 4 = their sum, step 2 =
+// lanes {0,1} + {2,3}, step 1 = lane 0 + lane 1.
+inline float reduce16(const float32x4_t (&a)[4]) {
+  const float32x4_t s4 = vaddq_f32(vaddq_f32(a[0], a[2]), vaddq_f32(a[1], a[3]));
+  const float32x2_t s2 = vadd_f32(vget_low_f32(s4), vget_high_f32(s4));
+  return vget_lane_f32(s2, 0) + vget_lane_f32(s2, 1);
+}
+
+// R weight rows from r times T x rows from t0. Each 4 halves of a weight row are widened once
+// (FCVTL, exact) and fused-multiply-added (FMLA) into every x row's four accumulators; the
+// 4 * R * T independent chains hide the FMA latency. The next R rows are prefetched into L2 as
+// these are read, as avx2.cpp does (there it doubles one core's bandwidth; prefetches never
+// fault, so reaching past the matrix's end is harmless).
+template <int R, int T>
+inline void f16_tile(const uint16_t* w, int64_t cols, const float* x, int64_t r, int64_t t0, float* y, int64_t ldy) {
+  float32x4_t acc[R][T][4];
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) {
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) acc[i][t][0] = acc[i][t][1] = acc[i][t][2] = acc[i][t][3] = vdupq_n_f32(0.0f);
+  }
+  for (int64_t k = 0; k < cols; k += 16) {
+    // Halves k .. k+7 feed partial sums 0-7 (accumulators 0, 1), k+8 .. k+15 sums 8-15 (2, 3).
+#pragma GCC unroll 2
+    for (int half = 0; half < 2; ++half) {
+      float16x8_t h[R];
+#pragma GCC unroll 8
+      for (int i = 0; i < R; ++i) {
+        const uint16_t* p = w + (r + i) * cols + k + 8 * half;
+        if (half == 0) __builtin_prefetch(p + R * cols, 0, 2);  // PRFM PLDL2KEEP
+        h[i] = vreinterpretq_f16_u16(vld1q_u16(p));
+      }
+#pragma GCC unroll 2
+      for (int q = 0; q < 2; ++q) {
+        float32x4_t xv[T];
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) xv[t] = vld1q_f32(x + (t0 + t) * cols + k + 8 * half + 4 * q);
+#pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) {
+          const float32x4_t wq = q == 0 ? vcvt_f32_f16(vget_low_f16(h[i])) : vcvt_high_f32_f16(h[i]);
+#pragma GCC unroll 8
+          for (int t = 0; t < T; ++t) acc[i][t][2 * half + q] = vfmaq_f32(acc[i][t][2 * half + q], wq, xv[t]);
+        }
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) {
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) y[(t0 + t) * ldy + r + i] = reduce16(acc[i][t]);
+  }
+}
+
+// R weight rows against every x row: the rows stay in L1 while the x rows pass in pairs, so
+// each weight byte is read from memory once per call.
+template <int R>
+inline void f16_rows(const uint16_t* w, int64_t cols, const float* x, int64_t n_x, int64_t r, float* y, int64_t ldy) {
+  int64_t t = 0;
+  for (; t + 2 <= n_x; t += 2) f16_tile<R, 2>(w, cols, x, r, t, y, ldy);
+  if (t < n_x) f16_tile<R, 1>(w, cols, x, r, t, y, ldy);
+}
+
+// Decode (one x row) takes weight rows four at a time: sixteen FMA chains, and four streams.
+void matvec_f16(const uint16_t* w, int64_t cols, const float* x, int64_t n_x, int64_t r0, int64_t r1, float* y,
+                int64_t ldy) {
+  int64_t r = r0;
+  if (n_x == 1)
+    for (; r + 4 <= r1; r += 4) f16_tile<4, 1>(w, cols, x, r, 0, y, ldy);
+  for (; r + 2 <= r1; r += 2) f16_rows<2>(w, cols, x, n_x, r, y, ldy);
+  if (r < r1) f16_rows<1>(w, cols, x, n_x, r, y, ldy);
+}
+
 constexpr KernelTable kNeonTable = {
     TRITLM_NEON_ISA_NAME,
     quantize_row,
     {matmul<Format::kTernary>, matmul<Format::kBinary>},
+    matvec_f16,
 };
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "f16.h"
 #include "kernels.h"
 
 namespace tritlm::kernels {
@@ -55,12 +56,28 @@ void matmul(const WeightView& w, const ActView& a, int64_t r0, int64_t r1, float
   }
 }
 
+void matvec_f16(const uint16_t* w, int64_t cols, const float* x, int64_t n_x, int64_t r0, int64_t r1, float* y,
+                int64_t ldy) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint16_t* row = w + r * cols;
+    for (int64_t t = 0; t < n_x; ++t) {
+      const float* xt = x + t * cols;
+      float acc[16] = {};
+      for (int64_t i = 0; i < cols; ++i) acc[i % 16] = std::fma(fp16_to_f32(row[i]), xt[i], acc[i % 16]);
+      for (int step = 8; step >= 1; step /= 2)
+        for (int j = 0; j < step; ++j) acc[j] = acc[j] + acc[j + step];
+      y[t * ldy + r] = acc[0];
+    }
+  }
+}
+
 }  // namespace
 
 const KernelTable kScalarTable = {
     "scalar",
     quantize_row,
     {matmul<Format::kTernary>, matmul<Format::kBinary>},
+    matvec_f16,
 };
 
 }  // namespace tritlm::kernels

@@ -207,21 +207,26 @@ void Session::forward_chunk(const int32_t* tokens, int n, std::vector<float>& x)
   n_past_ += n;
 }
 
-// logits[t, v] = hidden[t] . output[v], one task per block of vocabulary rows.
+// logits[t, v] = hidden[t] . output[v], one task per block of vocabulary rows. An f16 head (the
+// usual case, and the largest tensor a decode step reads) goes through the kernel table.
 void Session::logits(const float* hidden, int n, float* out) {
   const Table& head = m_.output;
+  const kernels::KernelTable& k = kernels::active_table();
+  if (head.f16 && head.cols % 16 != 0) throw std::logic_error("logits: an f16 head needs cols % 16 == 0");
   constexpr int64_t kRows = 256;
   ThreadPool::instance().run((head.rows + kRows - 1) / kRows, n_threads_, [&](int64_t task) {
-    std::vector<float> row(head.cols);
-    for (int64_t r = task * kRows; r < std::min(head.rows, (task + 1) * kRows); ++r) {
-      for (int64_t i = 0; i < head.cols; ++i) row[i] = head.at(r, i);
+    const int64_t r0 = task * kRows, r1 = std::min(head.rows, r0 + kRows);
+    if (head.f16) {
+      k.matvec_f16(head.f16, head.cols, hidden, n, r0, r1, out, head.rows);
+      return;
+    }
+    for (int64_t r = r0; r < r1; ++r)
       for (int t = 0; t < n; ++t) {
         const float* h = hidden + static_cast<int64_t>(t) * head.cols;
         float acc = 0.0f;
-        for (int64_t i = 0; i < head.cols; ++i) acc += h[i] * row[i];
+        for (int64_t i = 0; i < head.cols; ++i) acc += h[i] * head.f32[r * head.cols + i];
         out[static_cast<int64_t>(t) * head.rows + r] = acc;
       }
-    }
   });
 }
 

@@ -9,7 +9,9 @@
 //   * the int16/int32 extremes: all q = 127 or -128 against all +1 / all -1 weights at large K;
 //   * special scales (0, -0, subnormal, huge, inf, NaN);
 //   * quantize_row on random rows of many magnitudes, exact .5 ties, amax below 1e-5,
-//     subnormals, FLT_MAX, and rejection of NaN / infinity anywhere in the row.
+//     subnormals, FLT_MAX, and rejection of NaN / infinity anywhere in the row;
+//   * matvec_f16 (the f16 output head) over cols 16 .. 2560, 1-5 x rows and row ranges split
+//     in two, with random halves and with special ones (subnormal, +-0, +-65504, overflow).
 // neon-dotprod runs only if the CPU reports dotprod (HWCAP_ASIMDDP); otherwise the driver never
 // calls into that object, not even its table accessor.
 //
@@ -409,6 +411,105 @@ void run_quantize_cases(const std::vector<const k::KernelTable*>& tables, std::m
   }
 }
 
+// ------------------------------------------------------------------------------------------
+// matvec_f16 cases
+// ------------------------------------------------------------------------------------------
+
+struct F16Case {
+  int64_t cols, n_x, rows, r0, r1;
+  bool special;  // halves drawn from subnormals, zeros, the largest finite values and normals
+};
+
+std::string describe(const F16Case& c) {
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "cols=%" PRId64 " n_x=%" PRId64 " rows=%" PRId64 " range=[%" PRId64 ", %" PRId64
+                ")%s", c.cols, c.n_x, c.rows, c.r0, c.r1, c.special ? " special" : "");
+  return buf;
+}
+
+uint16_t random_half(std::mt19937_64& rng, bool special) {
+  if (!special) {
+    // Any finite half: sign, exponent 0..30 (0 = subnormal or zero), any mantissa.
+    const uint16_t exp = static_cast<uint16_t>(rng() % 31), mant = static_cast<uint16_t>(rng() % 1024);
+    return static_cast<uint16_t>(((rng() & 1) << 15) | (exp << 10) | mant);
+  }
+  static const uint16_t kSpecials[] = {0x0000, 0x8000, 0x0001, 0x8001, 0x03ff, 0x83ff, 0x0400,
+                                       0x7bff, 0xfbff, 0x3c00, 0xbc00, 0x3555};
+  constexpr uint64_t kCount = sizeof kSpecials / sizeof kSpecials[0];
+  const uint64_t pick = rng() % (2 * kCount);
+  return pick < kCount ? kSpecials[pick] : static_cast<uint16_t>(rng() & 0x7bff);  // or a random finite one
+}
+
+// Runs one case through scalar (one call over [r0, r1)) and each table (two calls splitting the
+// range), with ldy = rows + 5 so every value outside the range and the padding keep a sentinel.
+void run_f16_case(const F16Case& c, const std::vector<const k::KernelTable*>& tables, std::mt19937_64& rng) {
+  std::vector<uint16_t> w(c.rows * c.cols);
+  for (uint16_t& h : w) h = random_half(rng, c.special);
+  std::vector<float> x(c.n_x * c.cols);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  // Special cases give x row t a magnitude class: tiny (subnormal x, products and sums), huge
+  // (overflow to infinity, inf - inf = NaN), and wide (2^-20 .. 2^20 within the row).
+  std::uniform_real_distribution<float> tiny(-149.0f, -138.0f), huge(96.0f, 112.0f), wide(-20.0f, 20.0f);
+  for (int64_t t = 0; t < c.n_x; ++t) {
+    for (int64_t i = 0; i < c.cols; ++i) {
+      const float e = t % 3 == 0 ? tiny(rng) : t % 3 == 1 ? huge(rng) : wide(rng);
+      x[t * c.cols + i] = c.special ? normal(rng) * std::exp2(e) : normal(rng);
+    }
+  }
+  const int64_t ldy = c.rows + 5;
+  std::vector<float> expect(c.n_x * ldy, float_of(kSentinel));
+  k::kScalarTable.matvec_f16(w.data(), c.cols, x.data(), c.n_x, c.r0, c.r1, expect.data(), ldy);
+  for (const k::KernelTable* t : tables) {
+    std::vector<float> got(c.n_x * ldy, float_of(kSentinel));
+    const int64_t mid = c.r0 + (c.r1 - c.r0) / 2;
+    t->matvec_f16(w.data(), c.cols, x.data(), c.n_x, c.r0, mid, got.data(), ldy);
+    t->matvec_f16(w.data(), c.cols, x.data(), c.n_x, mid, c.r1, got.data(), ldy);
+    int bad = 0;
+    for (int64_t i = 0; i < c.n_x * ldy; ++i) {
+      // Overflow can make inf - inf: any NaN then matches any NaN (the sentinel is a NaN too, so
+      // compare bits when either side holds it).
+      const bool both_nan = std::isnan(got[i]) && std::isnan(expect[i]) && bits_of(got[i]) != kSentinel &&
+                            bits_of(expect[i]) != kSentinel;
+      if (bits_of(got[i]) != bits_of(expect[i]) && !both_nan) {
+        if (bad < kMaxReported) {
+          std::printf("  %s matvec_f16 %s: y[%" PRId64 "][%" PRId64 "] = %.9g (0x%08x), scalar %.9g (0x%08x)\n",
+                      t->isa, describe(c).c_str(), i / ldy, i % ldy, got[i], bits_of(got[i]), expect[i],
+                      bits_of(expect[i]));
+        }
+        ++bad;
+      }
+    }
+    record(bad == 0, std::string(t->isa) + " matvec_f16 " + describe(c) + " (" + std::to_string(bad) +
+                         " values differ)");
+  }
+}
+
+void run_f16_cases(const std::vector<const k::KernelTable*>& tables, std::mt19937_64& rng) {
+  // A check of the reference itself: 16 columns of 1.0 against x = 0..15 sum to 120 exactly.
+  {
+    std::vector<uint16_t> w(16, 0x3c00);
+    std::vector<float> x(16);
+    for (int i = 0; i < 16; ++i) x[i] = static_cast<float>(i);
+    float y = 0.0f;
+    k::kScalarTable.matvec_f16(w.data(), 16, x.data(), 1, 0, 1, &y, 1);
+    record(y == 120.0f, "scalar matvec_f16 analytic sum");
+  }
+  int cases = 0;
+  for (int64_t cols : {int64_t{16}, int64_t{32}, int64_t{48}, int64_t{272}, int64_t{2560}}) {
+    for (int64_t n_x = 1; n_x <= 5; ++n_x) {
+      // Row ranges: all rows, and an odd range starting inside, to hit every row tile and tail.
+      for (const auto& [r0, r1] : {std::pair<int64_t, int64_t>{0, 13}, {3, 10}, {5, 6}}) {
+        run_f16_case({cols, n_x, 13, r0, r1, false}, tables, rng);
+        ++cases;
+      }
+    }
+    run_f16_case({cols, 3, 11, 0, 11, true}, tables, rng);
+    run_f16_case({cols, 5, 9, 1, 9, true}, tables, rng);
+    cases += 2;
+  }
+  std::printf("%d matvec_f16 shapes\n", cases);
+}
+
 bool cpu_has_dotprod() { return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0; }
 
 }  // namespace
@@ -440,6 +541,7 @@ int main() {
   run_quantize_cases(tables, rng);
   const std::vector<MatmulCase> cases = matmul_cases();
   for (const MatmulCase& c : cases) run_matmul_case(c, tables, rng);
+  run_f16_cases(tables, rng);
 
   std::printf("%d matmul shapes, %zu tables\n", static_cast<int>(cases.size()), tables.size());
   std::printf("%d passed, %d failed\n", g_passed, g_failed);

@@ -1,0 +1,107 @@
+"""The f16 output head (KernelTable::matvec_f16), driven through the model: logits against the
+final hidden states times the head in float64, on every ISA of this CPU, and every SIMD ISA equal
+to scalar bit for bit. (The NEON tables are checked against scalar by tests/native/neon_driver.cpp
+under qemu, test_neon_qemu.py.)"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from tritlm import _core, kernels
+from test_model_core import CONFIG, random_model
+
+ISAS = kernels.available_isas()
+
+# vocab 301 is no multiple of the 256-row tasks or of any row tile; dim 384 is 24 blocks of 16.
+HEAD_CONFIG = {**CONFIG, "n_layers": 1, "dim": 384, "vocab_size": 301}
+
+
+@pytest.fixture
+def restore_isa() -> Iterator[None]:
+    before = _core.active_isa()
+    try:
+        yield
+    finally:
+        _core.set_active_isa(before)
+
+
+def random_head(rng: np.random.Generator, vocab: int, dim: int) -> np.ndarray:
+    """f16 values over the whole finite range a head can meet: normal ones of many magnitudes,
+    subnormals and zeros of both signs."""
+    head = (rng.standard_normal((vocab, dim)) * np.exp2(rng.uniform(-16, 8, (vocab, dim)))).astype(np.float16)
+    special = np.array([0.0, -0.0, 6e-8, -6e-8, 6.1e-5, -3e-5, 65504.0, -65504.0], np.float16)
+    mask = rng.random((vocab, dim)) < 0.05
+    head[mask] = rng.choice(special, mask.sum())
+    return head
+
+
+def logits_per_isa(model: _core.Model, tokens: np.ndarray, output: str, threads: int = 2) -> dict[str, np.ndarray]:
+    out = {}
+    for isa in ISAS:
+        _core.set_active_isa(isa)
+        out[isa] = _core.Session(model, 128, kv_f16=False, n_threads=threads).eval(tokens, output)
+    return out
+
+
+def assert_matches_float64(hidden: np.ndarray, head: np.ndarray, got: np.ndarray, tol: float, what: str) -> None:
+    """|got - exact| < tol * sum_i |hidden_i * head_i| for every logit."""
+    h, e = hidden.astype(np.float64), head.astype(np.float64)
+    exact = h @ e.T
+    bound = np.abs(h) @ np.abs(e).T
+    err = np.abs(got.astype(np.float64) - exact)
+    worst = np.unravel_index(np.argmax(err - tol * bound), err.shape)
+    assert (err <= tol * bound).all(), f"{what}: logit {worst} = {got[worst]!r}, exact {exact[worst]!r}"
+
+
+@pytest.mark.parametrize("n_tokens", [1, 2, 5, 70])  # 70: chunks of 64 and 6 activation rows
+def test_f16_head_matches_float64_on_every_isa(n_tokens: int, restore_isa: None) -> None:
+    rng = np.random.default_rng(n_tokens)
+    packed, _ = random_model(HEAD_CONFIG, seed=20 + n_tokens)
+    head = random_head(rng, HEAD_CONFIG["vocab_size"], HEAD_CONFIG["dim"])
+    model = _core.Model(HEAD_CONFIG, {**packed, "output": head})
+    assert not model.info()["tied_head"]
+    tokens = rng.integers(0, HEAD_CONFIG["vocab_size"], n_tokens).astype(np.int32)
+
+    hidden = logits_per_isa(model, tokens, "hidden")
+    logits = logits_per_isa(model, tokens, "all")
+    last = logits_per_isa(model, tokens, "last")
+    for isa in ISAS:
+        np.testing.assert_array_equal(hidden[isa], hidden["scalar"], err_msg=f"{isa} hidden")
+        assert logits[isa].shape == (n_tokens, HEAD_CONFIG["vocab_size"])
+        assert_matches_float64(hidden[isa], head, logits[isa], 1e-5, f"{isa} all")
+        assert_matches_float64(hidden[isa][-1:], head, last[isa][None], 1e-5, f"{isa} last")
+    for isa in ISAS:
+        np.testing.assert_array_equal(logits[isa].view(np.uint32), logits["scalar"].view(np.uint32),
+                                      err_msg=f"{isa} logits differ from scalar")
+        np.testing.assert_array_equal(last[isa].view(np.uint32), logits["scalar"][-1].view(np.uint32),
+                                      err_msg=f"{isa} last logits differ from scalar")
+
+
+def test_tied_f16_head_is_independent_of_threads(restore_isa: None) -> None:
+    config = {**HEAD_CONFIG, "vocab_size": 1000}  # four row tasks, the last one short
+    packed, _ = random_model(config, seed=30)
+    model = _core.Model(config, packed)
+    assert model.info()["tied_head"]
+    tokens = np.array([3, 999, 0], np.int32)
+    one = logits_per_isa(model, tokens, "all", threads=1)
+    two = logits_per_isa(model, tokens, "all", threads=2)
+    hidden = _core.Session(model, 8, kv_f16=False).eval(tokens, "hidden")
+    for isa in ISAS:
+        np.testing.assert_array_equal(one[isa].view(np.uint32), one["scalar"].view(np.uint32), err_msg=isa)
+        np.testing.assert_array_equal(two[isa].view(np.uint32), one["scalar"].view(np.uint32), err_msg=isa)
+    assert_matches_float64(hidden, packed["token_embd"], one["scalar"], 1e-5, "tied head")
+
+
+def test_f32_head_matches_float64(restore_isa: None) -> None:
+    rng = np.random.default_rng(40)
+    packed, _ = random_model(HEAD_CONFIG, seed=41)
+    head = rng.standard_normal((HEAD_CONFIG["vocab_size"], HEAD_CONFIG["dim"])).astype(np.float32)
+    model = _core.Model(HEAD_CONFIG, {**packed, "output": head})
+    tokens = rng.integers(0, HEAD_CONFIG["vocab_size"], 9).astype(np.int32)
+    hidden = _core.Session(model, 16, kv_f16=False).eval(tokens, "hidden")
+    logits = _core.Session(model, 16, kv_f16=False).eval(tokens, "all")
+    # A sequential f32 sum of 384 terms: a looser bound than the f16 kernel's 16 partial sums.
+    assert_matches_float64(hidden, head, logits, 1e-4, "f32 head")
