@@ -105,3 +105,22 @@ def test_f32_head_matches_float64(restore_isa: None) -> None:
     logits = _core.Session(model, 16, kv_f16=False).eval(tokens, "all")
     # A sequential f32 sum of 384 terms: a looser bound than the f16 kernel's 16 partial sums.
     assert_matches_float64(hidden, head, logits, 1e-4, "f32 head")
+
+
+def test_f16_kv_cache_attention_is_the_same_on_every_isa() -> None:
+    """Attention over an f16 KV cache goes through matvec_f16 and axpy_f16: every SIMD table
+    gives the scalar specification's logits bit for bit."""
+
+    packed, _ = random_model(CONFIG, seed=21)
+    model = _core.Model(CONFIG, packed)
+    tokens = np.random.default_rng(22).integers(0, CONFIG["vocab_size"], 70).astype(np.int32)
+    before = _core.active_isa()
+    try:
+        results = {}
+        for isa in kernels.available_isas():
+            _core.set_active_isa(isa)
+            results[isa] = _core.Session(model, 80, kv_f16=True).eval(tokens, "all")
+    finally:
+        _core.set_active_isa(before)
+    for isa, got in results.items():
+        np.testing.assert_array_equal(got.view(np.uint32), results["scalar"].view(np.uint32), err_msg=isa)

@@ -288,6 +288,14 @@ void matvec_f16(const uint16_t* w, int64_t cols, const float* x, int64_t n_x, in
 }
 #endif  // TRITLM_X86_VNNI
 
+void axpy_f16(const uint16_t* x, float a, float* y, int64_t n) {
+  const __m256 va = _mm256_set1_ps(a);
+  for (int64_t i = 0; i < n; i += 8) {
+    const __m256 v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i)));
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, v, _mm256_loadu_ps(y + i)));
+  }
+}
+
 const KernelTable kTable = {
 #if TRITLM_X86_VNNI
     "avx512-vnni",
@@ -297,6 +305,7 @@ const KernelTable kTable = {
     quantize_row,
     {matmul<TernaryBlock>, matmul<BinaryBlock>},
     matvec_f16,
+    axpy_f16,
 };
 
 }  // namespace

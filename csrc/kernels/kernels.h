@@ -81,11 +81,16 @@ using MatmulFn = void (*)(const WeightView& w, const ActView& a, int64_t r0, int
 using MatvecF16Fn = void (*)(const uint16_t* w, int64_t cols, const float* x, int64_t n_x, int64_t r0, int64_t r1,
                              float* y, int64_t ldy);
 
+// y[i] = fma(a, f32(x[i]), y[i]) for i < n (fused, element by element; n a multiple of 16):
+// attention's weighted sum of an f16 value cache.
+using AxpyF16Fn = void (*)(const uint16_t* x, float a, float* y, int64_t n);
+
 struct KernelTable {
   const char* isa;
   QuantizeRowFn quantize_row;
   MatmulFn matmul[kFormatCount];  // indexed by Format
   MatvecF16Fn matvec_f16;
+  AxpyF16Fn axpy_f16;
 };
 
 // Each ISA file defines its table; the ones a build or a CPU lacks are null (dispatch.cpp).

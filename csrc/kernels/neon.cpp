@@ -361,11 +361,20 @@ void matvec_f16(const uint16_t* w, int64_t cols, const float* x, int64_t n_x, in
   if (r < r1) f16_rows<1>(w, cols, x, n_x, r, y, ldy);
 }
 
+void axpy_f16(const uint16_t* x, float a, float* y, int64_t n) {
+  const float32x4_t va = vdupq_n_f32(a);
+  for (int64_t i = 0; i < n; i += 4) {
+    const float32x4_t v = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(x + i)));
+    vst1q_f32(y + i, vfmaq_f32(vld1q_f32(y + i), va, v));
+  }
+}
+
 constexpr KernelTable kNeonTable = {
     TRITLM_NEON_ISA_NAME,
     quantize_row,
     {matmul<Format::kTernary>, matmul<Format::kBinary>},
     matvec_f16,
+    axpy_f16,
 };
 
 }  // namespace

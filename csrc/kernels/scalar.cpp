@@ -71,6 +71,10 @@ void matvec_f16(const uint16_t* w, int64_t cols, const float* x, int64_t n_x, in
   }
 }
 
+void axpy_f16(const uint16_t* x, float a, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = std::fma(a, fp16_to_f32(x[i]), y[i]);
+}
+
 }  // namespace
 
 const KernelTable kScalarTable = {
@@ -78,6 +82,7 @@ const KernelTable kScalarTable = {
     quantize_row,
     {matmul<Format::kTernary>, matmul<Format::kBinary>},
     matvec_f16,
+    axpy_f16,
 };
 
 }  // namespace tritlm::kernels

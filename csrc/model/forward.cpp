@@ -66,6 +66,9 @@ float silu(float g) { return g / (1.0f + std::exp(-g)); }
 Session::Session(const Model& model, int n_ctx, bool kv_f16, int n_threads)
     : m_(model), n_ctx_(n_ctx), n_threads_(n_threads), kv_f16_(kv_f16) {
   const Config& c = m_.config;
+  if (kv_f16 && c.head_dim % 16 != 0)
+    throw std::invalid_argument("an f16 KV cache needs head_dim to be a multiple of 16 (got " +
+                                std::to_string(c.head_dim) + "); use kv_f16=False");
   kv_dim_ = static_cast<int64_t>(c.n_kv_heads) * c.head_dim;
   const size_t cache = static_cast<size_t>(c.n_layers) * n_ctx * kv_dim_;
   if (kv_f16) {
@@ -107,54 +110,68 @@ void Session::linear(const Linear& l, const std::vector<float>& x, int n, std::v
   });
 }
 
+// The cache is laid out [layer][kv head][position][head_dim], so one head's keys (and values)
+// are a contiguous matrix the f16 kernels can stream.
+size_t Session::kv_offset(int layer, int kv_head, int pos) const {
+  const Config& c = m_.config;
+  return ((static_cast<size_t>(layer) * c.n_kv_heads + kv_head) * n_ctx_ + pos) * c.head_dim;
+}
+
 void Session::store_kv(int layer, int n, int pos0, const std::vector<float>& k, const std::vector<float>& v) {
-  const size_t base = (static_cast<size_t>(layer) * n_ctx_ + pos0) * kv_dim_;
-  const size_t count = static_cast<size_t>(n) * kv_dim_;
-  if (kv_f16_) {
-    for (size_t i = 0; i < count; ++i) {
-      k16_[base + i] = f32_to_fp16(k[i]);
-      v16_[base + i] = f32_to_fp16(v[i]);
+  const Config& c = m_.config;
+  for (int t = 0; t < n; ++t)
+    for (int h = 0; h < c.n_kv_heads; ++h) {
+      const size_t src = static_cast<size_t>(t) * kv_dim_ + static_cast<size_t>(h) * c.head_dim;
+      const size_t dst = kv_offset(layer, h, pos0 + t);
+      for (int i = 0; i < c.head_dim; ++i) {
+        if (kv_f16_) {
+          k16_[dst + i] = f32_to_fp16(k[src + i]);
+          v16_[dst + i] = f32_to_fp16(v[src + i]);
+        } else {
+          k32_[dst + i] = k[src + i];
+          v32_[dst + i] = v[src + i];
+        }
+      }
     }
-  } else {
-    std::copy(k.begin(), k.begin() + count, k32_.begin() + base);
-    std::copy(v.begin(), v.begin() + count, v32_.begin() + base);
-  }
 }
 
 // Causal attention of n new tokens (positions pos0..pos0+n-1) over the cache, one task per
 // (token, head). Query head h reads kv head h / (n_heads / n_kv_heads).
 void Session::attention(int layer, int n, int pos0, const std::vector<float>& q, std::vector<float>& out) {
   const Config& c = m_.config;
+  const kernels::KernelTable& kt = kernels::active_table();
   const int hd = c.head_dim, group = c.n_heads / c.n_kv_heads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const size_t layer_base = static_cast<size_t>(layer) * n_ctx_ * kv_dim_;
   out.assign(static_cast<size_t>(n) * c.n_heads * hd, 0.0f);
   ThreadPool::instance().run(static_cast<int64_t>(n) * c.n_heads, n_threads_, [&](int64_t task) {
     const int t = static_cast<int>(task / c.n_heads), h = static_cast<int>(task % c.n_heads);
-    const int kvh = h / group, len = pos0 + t + 1;
+    const int len = pos0 + t + 1;
+    const size_t base = kv_offset(layer, h / group, 0);
     const float* qh = q.data() + (static_cast<size_t>(t) * c.n_heads + h) * hd;
-    auto key = [&](int p, int i) {
-      const size_t idx = layer_base + static_cast<size_t>(p) * kv_dim_ + static_cast<size_t>(kvh) * hd + i;
-      return kv_f16_ ? fp16_to_f32(k16_[idx]) : k32_[idx];
-    };
-    auto value = [&](int p, int i) {
-      const size_t idx = layer_base + static_cast<size_t>(p) * kv_dim_ + static_cast<size_t>(kvh) * hd + i;
-      return kv_f16_ ? fp16_to_f32(v16_[idx]) : v32_[idx];
-    };
-    std::vector<float> score(len);
-    float max_score = -INFINITY;
-    for (int p = 0; p < len; ++p) {
-      float dot = 0.0f;
-      for (int i = 0; i < hd; ++i) dot += qh[i] * key(p, i);
-      score[p] = dot * scale;
-      max_score = std::max(max_score, score[p]);
-    }
-    float sum = 0.0f;
-    for (int p = 0; p < len; ++p) sum += score[p] = std::exp(score[p] - max_score);
     float* o = out.data() + (static_cast<size_t>(t) * c.n_heads + h) * hd;
+    std::vector<float> score(len);
+    if (kv_f16_) {
+      kt.matvec_f16(k16_.data() + base, hd, qh, 1, 0, len, score.data(), len);
+    } else {
+      for (int p = 0; p < len; ++p) {
+        const float* key = k32_.data() + base + static_cast<size_t>(p) * hd;
+        float dot = 0.0f;
+        for (int i = 0; i < hd; ++i) dot += qh[i] * key[i];
+        score[p] = dot;
+      }
+    }
+    float max_score = -INFINITY;
+    for (float& sc : score) max_score = std::max(max_score, sc *= scale);
+    float sum = 0.0f;
+    for (float& sc : score) sum += sc = std::exp(sc - max_score);
     for (int p = 0; p < len; ++p) {
       const float weight = score[p] / sum;
-      for (int i = 0; i < hd; ++i) o[i] += weight * value(p, i);
+      const size_t row = base + static_cast<size_t>(p) * hd;
+      if (kv_f16_) {
+        kt.axpy_f16(v16_.data() + row, weight, o, hd);
+      } else {
+        for (int i = 0; i < hd; ++i) o[i] += weight * v32_[row + i];
+      }
     }
   });
 }

@@ -75,6 +75,7 @@ class Session {
 
   void forward_chunk(const int32_t* tokens, int n, std::vector<float>& x);
   void attention(int layer, int n, int pos0, const std::vector<float>& q, std::vector<float>& out);
+  size_t kv_offset(int layer, int kv_head, int pos) const;
   void store_kv(int layer, int n, int pos0, const std::vector<float>& k, const std::vector<float>& v);
   void linear(const Linear& l, const std::vector<float>& x, int n, std::vector<float>& y);
   void logits(const float* hidden, int n, float* out);

@@ -484,6 +484,32 @@ void run_f16_case(const F16Case& c, const std::vector<const k::KernelTable*>& ta
   }
 }
 
+// axpy_f16 (attention's weighted sum of f16 values): element-wise fused, so every table must
+// equal scalar exactly, NaNs included.
+void run_axpy_cases(const std::vector<const k::KernelTable*>& tables, std::mt19937_64& rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (int64_t n : {int64_t{16}, int64_t{64}, int64_t{128}, int64_t{272}}) {
+    for (bool special : {false, true}) {
+      std::vector<uint16_t> x(n);
+      for (uint16_t& h : x) h = random_half(rng, special);
+      std::vector<float> y0(n);
+      for (float& v : y0) v = normal(rng);
+      const float a = special ? normal(rng) * 1e30f : normal(rng);
+      std::vector<float> expect = y0;
+      k::kScalarTable.axpy_f16(x.data(), a, expect.data(), n);
+      for (const k::KernelTable* t : tables) {
+        std::vector<float> got = y0;
+        t->axpy_f16(x.data(), a, got.data(), n);
+        int bad = 0;
+        for (int64_t i = 0; i < n; ++i)
+          if (bits_of(got[i]) != bits_of(expect[i]) && !(std::isnan(got[i]) && std::isnan(expect[i]))) ++bad;
+        record(bad == 0, std::string(t->isa) + " axpy_f16 n=" + std::to_string(n) + (special ? " special" : "") +
+                             " (" + std::to_string(bad) + " values differ)");
+      }
+    }
+  }
+}
+
 void run_f16_cases(const std::vector<const k::KernelTable*>& tables, std::mt19937_64& rng) {
   // A check of the reference itself: 16 columns of 1.0 against x = 0..15 sum to 120 exactly.
   {
@@ -542,6 +568,7 @@ int main() {
   const std::vector<MatmulCase> cases = matmul_cases();
   for (const MatmulCase& c : cases) run_matmul_case(c, tables, rng);
   run_f16_cases(tables, rng);
+  run_axpy_cases(tables, rng);
 
   std::printf("%d matmul shapes, %zu tables\n", static_cast<int>(cases.size()), tables.size());
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
