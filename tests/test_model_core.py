@@ -118,9 +118,9 @@ def test_kv_cached_decode_equals_full_recompute() -> None:
     for kv_f16 in (False, True):
         full = _core.Session(model, 160, kv_f16=kv_f16).eval(tokens, "all")
         s = _core.Session(model, 160, kv_f16=kv_f16)
-        s.eval(tokens[:70], "none")  # prefill crosses the 64-token chunk boundary
-        steps = np.stack([s.eval(tokens[i : i + 1], "last") for i in range(70, 150)])
-        np.testing.assert_array_equal(steps, full[70:])
+        s.eval(tokens[:135], "none")  # prefill crosses the 128-token chunk boundary
+        steps = np.stack([s.eval(tokens[i : i + 1], "last") for i in range(135, 150)])
+        np.testing.assert_array_equal(steps, full[135:])
         assert s.n_past == 150
 
 

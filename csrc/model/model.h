@@ -70,8 +70,9 @@ class Session {
   void set_threads(int n) { n_threads_ = n; }
 
  private:
-  // Prompt tokens go through the batched kernels this many at a time.
-  static constexpr int kChunk = 64;
+  // Prompt tokens go through the batched kernels this many at a time: each chunk streams every
+  // weight once, so longer chunks read less (pp128 on 2B4T: 66 tokens/s at 64, 74 at 128).
+  static constexpr int kChunk = 128;
 
   void forward_chunk(const int32_t* tokens, int n, std::vector<float>& x);
   void attention(int layer, int n, int pos0, const std::vector<float>& q, std::vector<float>& out);
