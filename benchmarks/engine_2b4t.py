@@ -22,7 +22,7 @@ SHAPE = dict(n_layers=30, dim=2560, n_heads=20, n_kv_heads=5, head_dim=128, ffn_
              rope_theta=500000.0, norm_eps=1e-5, activation="relu2", sub_norms=True)
 
 
-def build(threads: int) -> tuple[object, int]:
+def build(threads: int, head: str) -> tuple[object, int]:
     c = SHAPE
     rng = np.random.default_rng(0)
     # One pool of random codes sliced per matrix: drawing 2 G values one matrix at a time would
@@ -49,8 +49,12 @@ def build(threads: int) -> tuple[object, int]:
             packed = kernels.pack_ternary(pool[off : off + out * inp].reshape(out, inp), 0.02, n_threads=threads)
             w[p + name] = packed
             linear_bytes += packed.nbytes
+    head_bytes = w["token_embd"].nbytes  # type: ignore[union-attr]
+    if head == "q8":
+        w["output.q8"], w["output.q8_scale"] = kernels.quantize_rows_q8(w["token_embd"])  # type: ignore[arg-type]
+        head_bytes = w["output.q8"].nbytes + w["output.q8_scale"].nbytes  # type: ignore[union-attr]
     model = _core.Model(SHAPE, w)
-    return model, linear_bytes + w["token_embd"].nbytes  # type: ignore[union-attr]
+    return model, linear_bytes + head_bytes
 
 
 def main() -> None:
@@ -59,11 +63,12 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--gen", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--head", choices=["f16", "q8"], default="f16")
     a = ap.parse_args()
     t0 = time.perf_counter()
-    model, per_token = build(a.threads)
+    model, per_token = build(a.threads, a.head)
     print(f"built 2B4T-shaped model in {time.perf_counter() - t0:.1f} s; "
-          f"{per_token / 1e9:.3f} GB read per generated token (packed linears + f16 head)")
+          f"{per_token / 1e9:.3f} GB read per generated token (packed linears + {a.head} head)")
     rng = np.random.default_rng(1)
     pp, tg = [], []
     bandwidth = 0.0

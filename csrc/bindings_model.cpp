@@ -138,6 +138,28 @@ class Builder {
     return t;
   }
 
+  // An 8-bit head: int8 [rows, cols] and one f32 scale per row.
+  Table q8_table(const std::string& name, const std::string& scale_name, int64_t rows, int64_t cols) {
+    if (cols % 32 != 0 || cols > (int64_t{1} << 17))
+      throw nb::value_error("an 8-bit head needs dim to be a multiple of 32 and at most 131072");
+    nb::handle h = get(name), hs = get(scale_name);
+    Input a, sc;
+    if (!nb::try_cast(h, a) || !nb::try_cast(hs, sc))
+      throw nb::type_error(("weights '" + name + "' and '" + scale_name + "' must be numpy arrays").c_str());
+    Table t;
+    t.rows = rows;
+    t.cols = cols;
+    t.q8 = reinterpret_cast<const int8_t*>(require<int8_t>(a, name.c_str(), 2));
+    t.q8_scale = require<float>(sc, scale_name.c_str(), 1);
+    if (static_cast<int64_t>(a.shape(0)) != rows || static_cast<int64_t>(a.shape(1)) != cols ||
+        static_cast<int64_t>(sc.shape(0)) != rows)
+      throw nb::value_error(("weight '" + name + "' must be [" + std::to_string(rows) + ", " + std::to_string(cols) +
+                             "] with " + std::to_string(rows) + " scales").c_str());
+    pm_.owners.push_back(nb::borrow(h));
+    pm_.owners.push_back(nb::borrow(hs));
+    return t;
+  }
+
  private:
   PyModel& pm_;
   const nb::dict& w_;
@@ -153,7 +175,10 @@ void build(PyModel* self, const nb::dict& config, const nb::dict& weights) {
   Builder b(pm, weights);
   const int64_t q_dim = static_cast<int64_t>(c.n_heads) * c.head_dim, kv_dim = static_cast<int64_t>(c.n_kv_heads) * c.head_dim;
   m.token_embd = b.table("token_embd", c.vocab_size, c.dim);
-  m.output = weights.contains("output") ? b.table("output", c.vocab_size, c.dim) : m.token_embd;
+  if (weights.contains("output.q8"))
+    m.output = b.q8_table("output.q8", "output.q8_scale", c.vocab_size, c.dim);
+  else
+    m.output = weights.contains("output") ? b.table("output", c.vocab_size, c.dim) : m.token_embd;
   m.output_norm = b.norm("output_norm", c.dim);
   for (int i = 0; i < c.n_layers; ++i) {
     const std::string p = "blk." + std::to_string(i) + ".";
@@ -194,7 +219,8 @@ nb::dict model_info(const PyModel& pm) {
   info["linear_bytes"] = linear_bytes;
   info["embedding_bytes"] = m.token_embd.nbytes();
   info["embedding_dtype"] = m.token_embd.f16 ? "f16" : "f32";
-  info["tied_head"] = m.output.f16 == m.token_embd.f16 && m.output.f32 == m.token_embd.f32;
+  info["head_dtype"] = m.output.q8 ? "q8" : m.output.f16 ? "f16" : "f32";
+  info["tied_head"] = !m.output.q8 && m.output.f16 == m.token_embd.f16 && m.output.f32 == m.token_embd.f32;
   info["head_bytes"] = m.output.nbytes();
   return info;
 }

@@ -124,3 +124,39 @@ def test_f16_kv_cache_attention_is_the_same_on_every_isa() -> None:
         _core.set_active_isa(before)
     for isa, got in results.items():
         np.testing.assert_array_equal(got.view(np.uint32), results["scalar"].view(np.uint32), err_msg=isa)
+
+
+def test_q8_head_is_exact_across_isas_and_close_to_f16() -> None:
+    """The 8-bit head (int8 rows, a scale each) gives the same bits on every ISA, stays close to
+    the f16 head's logits, and mostly agrees on the top token."""
+
+    packed, _ = random_model(CONFIG, seed=31)
+    q8, scale = kernels.quantize_rows_q8(packed["token_embd"])
+    f16_model = _core.Model(CONFIG, packed)
+    q8_model = _core.Model(CONFIG, {**packed, "output.q8": q8, "output.q8_scale": scale})
+    assert q8_model.info()["head_dtype"] == "q8" and q8_model.info()["head_bytes"] < f16_model.info()["head_bytes"]
+    tokens = np.random.default_rng(32).integers(0, CONFIG["vocab_size"], 40).astype(np.int32)
+    before = _core.active_isa()
+    try:
+        results = {}
+        for isa in kernels.available_isas():
+            _core.set_active_isa(isa)
+            results[isa] = _core.Session(q8_model, 48, kv_f16=False).eval(tokens, "all")
+    finally:
+        _core.set_active_isa(before)
+    for isa, got in results.items():
+        np.testing.assert_array_equal(got.view(np.uint32), results["scalar"].view(np.uint32), err_msg=isa)
+    ref = _core.Session(f16_model, 48, kv_f16=False).eval(tokens, "all")
+    got = results["scalar"]
+    assert np.abs(got - ref).max() < 0.02 * np.abs(ref).max()
+    assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+
+
+def test_q8_head_rejects_bad_shapes() -> None:
+
+    packed, _ = random_model(CONFIG, seed=33)
+    q8, scale = kernels.quantize_rows_q8(packed["token_embd"])
+    with pytest.raises(ValueError, match="output.q8"):
+        _core.Model(CONFIG, {**packed, "output.q8": q8[:-1], "output.q8_scale": scale})
+    with pytest.raises(ValueError, match="missing weight 'output.q8_scale'"):
+        _core.Model(CONFIG, {**packed, "output.q8": q8})

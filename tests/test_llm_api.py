@@ -185,3 +185,12 @@ def test_cli_generate_info_and_bench(folder) -> None:
     assert "pp16" in r.stdout and "tg8" in r.stdout and "% of roofline" in r.stdout
     r = _cli("generate", "-m", str(folder / "missing"), "x")
     assert r.returncode == 2 and "error:" in r.stderr
+
+
+def test_q8_head_option(folder) -> None:
+    llm = tritlm.LLM(folder, n_ctx=64, head="q8")
+    assert llm.info["head_dtype"] == "q8"
+    out = llm.generate(PROMPT, max_tokens=4, temperature=0, ignore_eos=True)
+    assert len(out.token_ids) == 4
+    with pytest.raises(ValueError, match="head must be 'f16' or 'q8'"):
+        tritlm.LLM(folder, head="q4")

@@ -296,6 +296,41 @@ void axpy_f16(const uint16_t* x, float a, float* y, int64_t n) {
   }
 }
 
+// 8-bit head: both operands sign-extended to int16 and multiplied pairwise into int32 lanes
+// (vpmaddwd), exact. R rows at a time share each activation load, and the next R rows are
+// prefetched into L2 as these stream (as for the f16 head: it doubles what one core draws).
+TRITLM_INLINE __m256i widen(const int8_t* p) {
+  return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+template <int R>
+TRITLM_INLINE void q8_rows(const int8_t* w, const float* w_scale, int64_t cols, const int8_t* qt, float s, int64_t r,
+                           float* yt) {
+  __m256i acc[R];
+  TRITLM_UNROLL for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_si256();
+  for (int64_t k = 0; k < cols; k += 16) {
+    const __m256i x = widen(qt + k);
+    TRITLM_UNROLL for (int i = 0; i < R; ++i) {
+      const int8_t* p = w + (r + i) * cols + k;
+      _mm_prefetch(reinterpret_cast<const char*>(p + R * cols), _MM_HINT_T1);
+      acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(widen(p), x));
+    }
+  }
+  TRITLM_UNROLL for (int i = 0; i < R; ++i) {
+    const float v = static_cast<float>(hsum_i32(acc[i])) * w_scale[r + i];
+    yt[r + i] = v / s;
+  }
+}
+
+void matvec_q8(const int8_t* w, const float* w_scale, int64_t cols, const int8_t* q, const float* s, int64_t n_x,
+               int64_t r0, int64_t r1, float* y, int64_t ldy) {
+  for (int64_t t = 0; t < n_x; ++t) {
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4) q8_rows<4>(w, w_scale, cols, q + t * cols, s[t], r, y + t * ldy);
+    for (; r < r1; ++r) q8_rows<1>(w, w_scale, cols, q + t * cols, s[t], r, y + t * ldy);
+  }
+}
+
 const KernelTable kTable = {
 #if TRITLM_X86_VNNI
     "avx512-vnni",
@@ -306,6 +341,7 @@ const KernelTable kTable = {
     {matmul<TernaryBlock>, matmul<BinaryBlock>},
     matvec_f16,
     axpy_f16,
+    matvec_q8,
 };
 
 }  // namespace

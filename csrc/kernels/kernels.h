@@ -85,12 +85,20 @@ using MatvecF16Fn = void (*)(const uint16_t* w, int64_t cols, const float* x, in
 // attention's weighted sum of an f16 value cache.
 using AxpyF16Fn = void (*)(const uint16_t* x, float a, float* y, int64_t n);
 
+// The 8-bit output head: y[t * ldy + r] = float(isum) * w_scale[r] / s[t], isum the exact int32
+// dot product of int8 weight row r and int8 activation row t (rows of `cols`, a multiple of 32),
+// for weight rows r in [r0, r1) and activation rows t < n_x. A multiply then a division, as
+// the ternary epilogue.
+using MatvecQ8Fn = void (*)(const int8_t* w, const float* w_scale, int64_t cols, const int8_t* q, const float* s,
+                            int64_t n_x, int64_t r0, int64_t r1, float* y, int64_t ldy);
+
 struct KernelTable {
   const char* isa;
   QuantizeRowFn quantize_row;
   MatmulFn matmul[kFormatCount];  // indexed by Format
   MatvecF16Fn matvec_f16;
   AxpyF16Fn axpy_f16;
+  MatvecQ8Fn matvec_q8;
 };
 
 // Each ISA file defines its table; the ones a build or a CPU lacks are null (dispatch.cpp).

@@ -369,12 +369,39 @@ void axpy_f16(const uint16_t* x, float a, float* y, int64_t n) {
   }
 }
 
+// 8-bit head: the exact int32 dot product of two int8 rows (sdot where the CPU has it, else
+// widening multiplies with pairwise accumulation: a product pair is at most 2 * 128 * 128, which
+// the int32 lanes of sadalp hold).
+inline int32_t dot_q8(const int8_t* a, const int8_t* b, int64_t n) {
+  int32x4_t acc = vdupq_n_s32(0);
+  for (int64_t i = 0; i < n; i += 16) {
+    const int8x16_t x = vld1q_s8(a + i), y = vld1q_s8(b + i);
+#if TRITLM_NEON_USE_DOTPROD
+    acc = vdotq_s32(acc, x, y);
+#else
+    acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(x), vget_low_s8(y)));
+    acc = vpadalq_s16(acc, vmull_high_s8(x, y));
+#endif
+  }
+  return vaddvq_s32(acc);
+}
+
+void matvec_q8(const int8_t* w, const float* w_scale, int64_t cols, const int8_t* q, const float* s, int64_t n_x,
+               int64_t r0, int64_t r1, float* y, int64_t ldy) {
+  for (int64_t t = 0; t < n_x; ++t)
+    for (int64_t r = r0; r < r1; ++r) {
+      const float v = static_cast<float>(dot_q8(w + r * cols, q + t * cols, cols)) * w_scale[r];
+      y[t * ldy + r] = v / s[t];
+    }
+}
+
 constexpr KernelTable kNeonTable = {
     TRITLM_NEON_ISA_NAME,
     quantize_row,
     {matmul<Format::kTernary>, matmul<Format::kBinary>},
     matvec_f16,
     axpy_f16,
+    matvec_q8,
 };
 
 }  // namespace

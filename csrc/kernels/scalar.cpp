@@ -75,6 +75,17 @@ void axpy_f16(const uint16_t* x, float a, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = std::fma(a, fp16_to_f32(x[i]), y[i]);
 }
 
+void matvec_q8(const int8_t* w, const float* w_scale, int64_t cols, const int8_t* q, const float* s, int64_t n_x,
+               int64_t r0, int64_t r1, float* y, int64_t ldy) {
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t t = 0; t < n_x; ++t) {
+      int32_t isum = 0;
+      for (int64_t i = 0; i < cols; ++i) isum += w[r * cols + i] * q[t * cols + i];
+      const float scaled = static_cast<float>(isum) * w_scale[r];
+      y[t * ldy + r] = scaled / s[t];
+    }
+}
+
 }  // namespace
 
 const KernelTable kScalarTable = {
@@ -83,6 +94,7 @@ const KernelTable kScalarTable = {
     {matmul<Format::kTernary>, matmul<Format::kBinary>},
     matvec_f16,
     axpy_f16,
+    matvec_q8,
 };
 
 }  // namespace tritlm::kernels

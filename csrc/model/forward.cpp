@@ -25,7 +25,10 @@ std::string Linear::kind() const { return packed ? (packed->format == kernels::F
 
 int64_t Linear::nbytes() const { return packed ? packed->nbytes() : out * in * 4; }
 
-float Table::at(int64_t r, int64_t c) const { return f16 ? fp16_to_f32(f16[r * cols + c]) : f32[r * cols + c]; }
+float Table::at(int64_t r, int64_t c) const {
+  if (q8) return static_cast<float>(q8[r * cols + c]) * q8_scale[r];
+  return f16 ? fp16_to_f32(f16[r * cols + c]) : f32[r * cols + c];
+}
 
 namespace {
 
@@ -224,15 +227,22 @@ void Session::forward_chunk(const int32_t* tokens, int n, std::vector<float>& x)
   n_past_ += n;
 }
 
-// logits[t, v] = hidden[t] . output[v], one task per block of vocabulary rows. An f16 head (the
-// usual case, and the largest tensor a decode step reads) goes through the kernel table.
+// logits[t, v] = hidden[t] . output[v], one task per block of vocabulary rows. The head is the
+// largest tensor a decode step reads: an f16 head goes through the f16 kernel, an 8-bit head
+// (half the bytes) through the int8 kernel on the hidden state quantized per token.
 void Session::logits(const float* hidden, int n, float* out) {
   const Table& head = m_.output;
   const kernels::KernelTable& k = kernels::active_table();
   if (head.f16 && head.cols % 16 != 0) throw std::logic_error("logits: an f16 head needs cols % 16 == 0");
+  QuantizedActivations hq;
+  if (head.q8) hq = quantize(k, hidden, n, head.cols, n_threads_);
   constexpr int64_t kRows = 256;
   ThreadPool::instance().run((head.rows + kRows - 1) / kRows, n_threads_, [&](int64_t task) {
     const int64_t r0 = task * kRows, r1 = std::min(head.rows, r0 + kRows);
+    if (head.q8) {
+      k.matvec_q8(head.q8, head.q8_scale, head.cols, hq.q.data(), hq.s.data(), n, r0, r1, out, head.rows);
+      return;
+    }
     if (head.f16) {
       k.matvec_f16(head.f16, head.cols, hidden, n, r0, r1, out, head.rows);
       return;

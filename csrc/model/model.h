@@ -30,13 +30,16 @@ struct Linear {
   int64_t nbytes() const;
 };
 
-// A [rows, cols] table of f16 or f32 values (embeddings, output head), a view.
+// A [rows, cols] table of f16, f32, or int8 values with one f32 scale per row (embeddings, the
+// output head), a view.
 struct Table {
   const uint16_t* f16 = nullptr;
   const float* f32 = nullptr;
+  const int8_t* q8 = nullptr;
+  const float* q8_scale = nullptr;
   int64_t rows = 0, cols = 0;
   float at(int64_t r, int64_t c) const;
-  int64_t nbytes() const { return rows * cols * (f16 ? 2 : 4); }
+  int64_t nbytes() const { return rows * cols * (q8 ? 1 : f16 ? 2 : 4) + (q8 ? rows * 4 : 0); }
 };
 
 struct Layer {

@@ -17,6 +17,7 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", required=True, help="GGUF file or Hugging Face folder")
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
     p.add_argument("-c", "--ctx", type=int, default=4096, help="context size in tokens")
+    p.add_argument("--head", choices=["f16", "q8"], default="f16", help="output head precision")
 
 
 def _sampling(p: argparse.ArgumentParser) -> None:
@@ -44,7 +45,7 @@ def _sampling_kwargs(a: argparse.Namespace) -> dict[str, object]:
 def cmd_generate(a: argparse.Namespace) -> int:
     from .llm import LLM
 
-    llm = LLM(a.model, n_threads=a.threads, n_ctx=a.ctx)
+    llm = LLM(a.model, n_threads=a.threads, n_ctx=a.ctx, head=a.head)
     completion = None
     for delta in llm.stream(a.prompt, **_sampling_kwargs(a)):
         sys.stdout.write(delta.text)
@@ -65,7 +66,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
 def cmd_chat(a: argparse.Namespace) -> int:
     from .llm import LLM
 
-    llm = LLM(a.model, n_threads=a.threads, n_ctx=a.ctx)
+    llm = LLM(a.model, n_threads=a.threads, n_ctx=a.ctx, head=a.head)
     messages: list[dict[str, object]] = []
     if a.system:
         messages.append({"role": "system", "content": a.system})
@@ -118,7 +119,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from . import _core
     from .llm import LLM
 
-    llm = LLM(a.model, n_threads=a.threads, n_ctx=max(a.ctx, a.prompt + a.gen + 1))
+    llm = LLM(a.model, n_threads=a.threads, n_ctx=max(a.ctx, a.prompt + a.gen + 1), head=a.head)
     info = llm.info
     threads = a.threads or _core.get_num_threads()
     bandwidth = _core.measure_read_bandwidth(1 << 30, threads, 5)

@@ -25,6 +25,7 @@ __all__ = [
     "pack_binary",
     "pack_ternary",
     "quantize_activations",
+    "quantize_rows_q8",
     "repack_hf_packed",
     "repack_i2_s",
     "repack_q1_0",
@@ -163,6 +164,19 @@ def matmul(
 def linear(w: PackedWeights, x: np.ndarray, *, n_threads: int | None = None, isa: str | None = None) -> np.ndarray:
     """Quantize x and multiply: the BitLinear of BitNet b1.58 without its norm."""
     return _core.linear(w, _require_array(x, "x"), n_threads, isa)
+
+
+def quantize_rows_q8(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An 8-bit copy of a float table (the output head): int8 rows and one f32 scale per row,
+    ``row ~= q * scale`` with ``scale = max|row| / 127``. Half the bytes of f16, read every token."""
+    t = _require_array(table, "table")
+    if t.ndim != 2:
+        raise ValueError(f"table must have 2 dimensions, got {t.ndim}")
+    rows = t.astype(np.float32)
+    scale = np.abs(rows).max(axis=1) / np.float32(127)
+    safe = np.where(scale > 0, scale, np.float32(1))
+    q = np.clip(np.rint(rows / safe[:, None]), -127, 127).astype(np.int8)
+    return q, scale.astype(np.float32)
 
 
 def available_isas() -> list[str]:

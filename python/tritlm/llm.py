@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
+from . import _core, kernels
 from .chat_template import render_chat
 from .errors import ContextOverflowError
 from .loaders import load_model
@@ -37,10 +37,19 @@ class LLM:
         n_threads: int | None = None,
         n_ctx: int = 4096,
         kv_f16: bool = True,
+        head: str = "f16",
     ) -> None:
+        """``head="q8"`` keeps the output head as int8 rows with a scale each: half the bytes of
+        f16, and at 2B4T size the head is the largest tensor read per token."""
         if n_ctx < 1:
             raise ValueError(f"n_ctx must be positive, got {n_ctx}")
+        if head not in ("f16", "q8"):
+            raise ValueError(f"head must be 'f16' or 'q8', got {head!r}")
         self.spec = load_model(os.fspath(path))
+        if head == "q8":
+            table = self.spec.weights.pop("output", None)
+            q8, scale = kernels.quantize_rows_q8(table if table is not None else self.spec.weights["token_embd"])
+            self.spec.weights["output.q8"], self.spec.weights["output.q8_scale"] = q8, scale
         self.tokenizer = Tokenizer(self.spec.tokenizer)
         self._model = _core.Model(self.spec.config, self.spec.weights)
         self._session = _core.Session(self._model, n_ctx, kv_f16, n_threads)
@@ -63,6 +72,7 @@ class LLM:
             "embedding_bytes": native["embedding_bytes"],
             "tied_head": native["tied_head"],
             "head_bytes": native["head_bytes"],
+            "head_dtype": native["head_dtype"],
             "chat_template": self.spec.chat_template,
             "n_ctx": self.n_ctx,
         }

@@ -510,6 +510,33 @@ void run_axpy_cases(const std::vector<const k::KernelTable*>& tables, std::mt199
   }
 }
 
+// matvec_q8 (the 8-bit head): exact int32 dots, then scalar's multiply and division.
+void run_q8_cases(const std::vector<const k::KernelTable*>& tables, std::mt19937_64& rng) {
+  std::uniform_real_distribution<float> scale(1e-4f, 2.0f);
+  for (int64_t cols : {int64_t{32}, int64_t{128}, int64_t{2560}}) {
+    for (int64_t n_x : {int64_t{1}, int64_t{3}}) {
+      const int64_t rows = 37;
+      std::vector<int8_t> w(rows * cols), q(n_x * cols);
+      for (int8_t& v : w) v = static_cast<int8_t>(rng() % 256);  // -128 included
+      for (int8_t& v : q) v = static_cast<int8_t>(rng() % 256);
+      std::vector<float> ws(rows), s(n_x);
+      for (float& v : ws) v = scale(rng);
+      for (float& v : s) v = scale(rng);
+      std::vector<float> expect(n_x * rows);
+      k::kScalarTable.matvec_q8(w.data(), ws.data(), cols, q.data(), s.data(), n_x, 0, rows, expect.data(), rows);
+      for (const k::KernelTable* t : tables) {
+        std::vector<float> got(n_x * rows);
+        t->matvec_q8(w.data(), ws.data(), cols, q.data(), s.data(), n_x, 0, 20, got.data(), rows);
+        t->matvec_q8(w.data(), ws.data(), cols, q.data(), s.data(), n_x, 20, rows, got.data(), rows);
+        int bad = 0;
+        for (size_t i = 0; i < got.size(); ++i) bad += bits_of(got[i]) != bits_of(expect[i]);
+        record(bad == 0, std::string(t->isa) + " matvec_q8 cols=" + std::to_string(cols) + " n_x=" +
+                             std::to_string(n_x) + " (" + std::to_string(bad) + " values differ)");
+      }
+    }
+  }
+}
+
 void run_f16_cases(const std::vector<const k::KernelTable*>& tables, std::mt19937_64& rng) {
   // A check of the reference itself: 16 columns of 1.0 against x = 0..15 sum to 120 exactly.
   {
@@ -569,6 +596,7 @@ int main() {
   for (const MatmulCase& c : cases) run_matmul_case(c, tables, rng);
   run_f16_cases(tables, rng);
   run_axpy_cases(tables, rng);
+  run_q8_cases(tables, rng);
 
   std::printf("%d matmul shapes, %zu tables\n", static_cast<int>(cases.size()), tables.size());
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
