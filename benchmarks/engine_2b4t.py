@@ -22,7 +22,7 @@ SHAPE = dict(n_layers=30, dim=2560, n_heads=20, n_kv_heads=5, head_dim=128, ffn_
              rope_theta=500000.0, norm_eps=1e-5, activation="relu2", sub_norms=True)
 
 
-def build(threads: int, head: str) -> tuple[object, int]:
+def build(threads: int, head: str) -> tuple[object, int, dict[str, object]]:
     c = SHAPE
     rng = np.random.default_rng(0)
     # One pool of random codes sliced per matrix: drawing 2 G values one matrix at a time would
@@ -54,7 +54,43 @@ def build(threads: int, head: str) -> tuple[object, int]:
         w["output.q8"], w["output.q8_scale"] = kernels.quantize_rows_q8(w["token_embd"])  # type: ignore[arg-type]
         head_bytes = w["output.q8"].nbytes + w["output.q8_scale"].nbytes  # type: ignore[union-attr]
     model = _core.Model(SHAPE, w)
-    return model, linear_bytes + head_bytes
+    return model, linear_bytes + head_bytes, w
+
+
+def load_figures(model_weights: dict, threads: int, path: str) -> None:
+    """Write the model as an I2_S GGUF, then time tritlm.LLM loading it from a warm page cache
+    and compare its resident memory with packed weights + KV cache + head."""
+    import resource
+    import subprocess
+    import sys
+
+    from tritlm.loaders.convert import write_gguf
+    from tritlm.loaders.spec import ModelSpec, make_tokenizer_source
+
+    # A byte-level vocabulary of the right size: the 256 byte symbols, then filler tokens.
+    from tritlm.tokenizer import _bytes_to_unicode  # type: ignore[attr-defined]
+
+    symbols = list(_bytes_to_unicode().values())
+    tokens = symbols + [f"tok{i}" for i in range(SHAPE["vocab_size"] - len(symbols))]
+    spec = ModelSpec(path=path, config={**SHAPE, "arch": "bitnet-b1.58"}, weights=model_weights,
+                     tensor_types={}, tokenizer=make_tokenizer_source(model="gpt2", tokens=tokens, merges=[],
+                                                                       token_types=[1] * len(tokens), pre="default"))
+    t = time.perf_counter()
+    write_gguf(spec, path, "i2_s")
+    print(f"wrote {path} in {time.perf_counter() - t:.1f} s")
+    code = (
+        "import resource, time, tritlm\n"
+        f"t = time.perf_counter(); llm = tritlm.LLM({path!r}, n_threads={threads}, n_ctx=4096)\n"
+        "dt = time.perf_counter() - t\n"
+        "info = llm.info\n"
+        "rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "kv = 2 * 30 * 4096 * 640 * 2\n"
+        "need = info['linear_bytes'] + info['head_bytes'] + kv\n"
+        "print(f'load {dt:.1f} s; peak RSS {rss / 1e9:.2f} GB = {rss / need:.2f} x (packed weights + f16 KV cache'\n"
+        "      f' for 4096 tokens + head = {need / 1e9:.2f} GB)')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)  # warm page cache: the file was just written
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def main() -> None:
@@ -64,9 +100,10 @@ def main() -> None:
     ap.add_argument("--gen", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--head", choices=["f16", "q8"], default="f16")
+    ap.add_argument("--gguf", metavar="PATH", help="also write the model as an I2_S GGUF here and time loading it")
     a = ap.parse_args()
     t0 = time.perf_counter()
-    model, per_token = build(a.threads, a.head)
+    model, per_token, weights = build(a.threads, a.head)
     print(f"built 2B4T-shaped model in {time.perf_counter() - t0:.1f} s; "
           f"{per_token / 1e9:.3f} GB read per generated token (packed linears + {a.head} head)")
     rng = np.random.default_rng(1)
@@ -92,6 +129,9 @@ def main() -> None:
           f"-> roofline {roofline:.1f} tokens/s")
     print(f"pp{a.prompt}: {fmt(pp)} tokens/s")
     print(f"tg{a.gen}:  {fmt(tg)} tokens/s = {100 * statistics.mean(tg) / roofline:.0f}% of the roofline")
+    if a.gguf:
+        del model
+        load_figures({k: v for k, v in weights.items() if not k.startswith("output.q8")}, a.threads, a.gguf)
 
 
 if __name__ == "__main__":

@@ -75,11 +75,11 @@ Session::Session(const Model& model, int n_ctx, bool kv_f16, int n_threads)
   kv_dim_ = static_cast<int64_t>(c.n_kv_heads) * c.head_dim;
   const size_t cache = static_cast<size_t>(c.n_layers) * n_ctx * kv_dim_;
   if (kv_f16) {
-    k16_.resize(cache);
-    v16_.resize(cache);
+    k16_.reset(new uint16_t[cache]);
+    v16_.reset(new uint16_t[cache]);
   } else {
-    k32_.resize(cache);
-    v32_.resize(cache);
+    k32_.reset(new float[cache]);
+    v32_.reset(new float[cache]);
   }
   // As transformers computes it: 1 / theta^(2i / head_dim) in f32.
   for (int i = 0; i < c.head_dim / 2; ++i)
@@ -154,10 +154,10 @@ void Session::attention(int layer, int n, int pos0, const std::vector<float>& q,
     float* o = out.data() + (static_cast<size_t>(t) * c.n_heads + h) * hd;
     std::vector<float> score(len);
     if (kv_f16_) {
-      kt.matvec_f16(k16_.data() + base, hd, qh, 1, 0, len, score.data(), len);
+      kt.matvec_f16(k16_.get() + base, hd, qh, 1, 0, len, score.data(), len);
     } else {
       for (int p = 0; p < len; ++p) {
-        const float* key = k32_.data() + base + static_cast<size_t>(p) * hd;
+        const float* key = k32_.get() + base + static_cast<size_t>(p) * hd;
         float dot = 0.0f;
         for (int i = 0; i < hd; ++i) dot += qh[i] * key[i];
         score[p] = dot;
@@ -171,7 +171,7 @@ void Session::attention(int layer, int n, int pos0, const std::vector<float>& q,
       const float weight = score[p] / sum;
       const size_t row = base + static_cast<size_t>(p) * hd;
       if (kv_f16_) {
-        kt.axpy_f16(v16_.data() + row, weight, o, hd);
+        kt.axpy_f16(v16_.get() + row, weight, o, hd);
       } else {
         for (int i = 0; i < hd; ++i) o[i] += weight * v32_[row + i];
       }

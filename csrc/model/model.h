@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -89,8 +90,10 @@ class Session {
   bool kv_f16_;
   int n_past_ = 0;
   int64_t kv_dim_;
-  std::vector<uint16_t> k16_, v16_;  // [layer][pos][kv_dim], f16 cache
-  std::vector<float> k32_, v32_;     // or f32 cache
+  // [layer][kv head][pos][head_dim], f16 or f32. Allocated without initializing, so the pages of
+  // positions not yet used are never touched and cost no resident memory.
+  std::unique_ptr<uint16_t[]> k16_, v16_;
+  std::unique_ptr<float[]> k32_, v32_;
   std::vector<float> rope_inv_freq_;
 };
 
