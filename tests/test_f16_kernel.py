@@ -38,12 +38,19 @@ def random_head(rng: np.random.Generator, vocab: int, dim: int) -> np.ndarray:
     return head
 
 
-def logits_per_isa(model: _core.Model, tokens: np.ndarray, output: str, threads: int = 2) -> dict[str, np.ndarray]:
+def logits_per_isa(
+    model: _core.Model, tokens: np.ndarray, output: str, threads: int = 2, kv_f16: bool = False
+) -> dict[str, np.ndarray]:
     out = {}
     for isa in ISAS:
         _core.set_active_isa(isa)
-        out[isa] = _core.Session(model, 128, kv_f16=False, n_threads=threads).eval(tokens, output)
+        out[isa] = _core.Session(model, 128, kv_f16=kv_f16, n_threads=threads).eval(tokens, output)
     return out
+
+
+def assert_isas_equal_scalar(results: dict[str, np.ndarray]) -> None:
+    for isa, got in results.items():
+        np.testing.assert_array_equal(got.view(np.uint32), results["scalar"].view(np.uint32), err_msg=isa)
 
 
 def assert_matches_float64(hidden: np.ndarray, head: np.ndarray, got: np.ndarray, tol: float, what: str) -> None:
@@ -107,45 +114,25 @@ def test_f32_head_matches_float64(restore_isa: None) -> None:
     assert_matches_float64(hidden, head, logits, 1e-4, "f32 head")
 
 
-def test_f16_kv_cache_attention_is_the_same_on_every_isa() -> None:
+def test_f16_kv_cache_attention_is_the_same_on_every_isa(restore_isa: None) -> None:
     """Attention over an f16 KV cache goes through matvec_f16 and axpy_f16: every SIMD table
     gives the scalar specification's logits bit for bit."""
-
     packed, _ = random_model(CONFIG, seed=21)
-    model = _core.Model(CONFIG, packed)
     tokens = np.random.default_rng(22).integers(0, CONFIG["vocab_size"], 70).astype(np.int32)
-    before = _core.active_isa()
-    try:
-        results = {}
-        for isa in kernels.available_isas():
-            _core.set_active_isa(isa)
-            results[isa] = _core.Session(model, 80, kv_f16=True).eval(tokens, "all")
-    finally:
-        _core.set_active_isa(before)
-    for isa, got in results.items():
-        np.testing.assert_array_equal(got.view(np.uint32), results["scalar"].view(np.uint32), err_msg=isa)
+    assert_isas_equal_scalar(logits_per_isa(_core.Model(CONFIG, packed), tokens, "all", kv_f16=True))
 
 
-def test_q8_head_is_exact_across_isas_and_close_to_f16() -> None:
+def test_q8_head_is_exact_across_isas_and_close_to_f16(restore_isa: None) -> None:
     """The 8-bit head (int8 rows, a scale each) gives the same bits on every ISA, stays close to
     the f16 head's logits, and mostly agrees on the top token."""
-
     packed, _ = random_model(CONFIG, seed=31)
     q8, scale = kernels.quantize_rows_q8(packed["token_embd"])
     f16_model = _core.Model(CONFIG, packed)
     q8_model = _core.Model(CONFIG, {**packed, "output.q8": q8, "output.q8_scale": scale})
     assert q8_model.info()["head_dtype"] == "q8" and q8_model.info()["head_bytes"] < f16_model.info()["head_bytes"]
     tokens = np.random.default_rng(32).integers(0, CONFIG["vocab_size"], 40).astype(np.int32)
-    before = _core.active_isa()
-    try:
-        results = {}
-        for isa in kernels.available_isas():
-            _core.set_active_isa(isa)
-            results[isa] = _core.Session(q8_model, 48, kv_f16=False).eval(tokens, "all")
-    finally:
-        _core.set_active_isa(before)
-    for isa, got in results.items():
-        np.testing.assert_array_equal(got.view(np.uint32), results["scalar"].view(np.uint32), err_msg=isa)
+    results = logits_per_isa(q8_model, tokens, "all")
+    assert_isas_equal_scalar(results)
     ref = _core.Session(f16_model, 48, kv_f16=False).eval(tokens, "all")
     got = results["scalar"]
     assert np.abs(got - ref).max() < 0.02 * np.abs(ref).max()
