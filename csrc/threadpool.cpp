@@ -60,29 +60,26 @@ ThreadPool& ThreadPool::instance() {
   return *pool;
 }
 
-namespace {
-constexpr uint32_t generation(uint64_t ticket) { return static_cast<uint32_t>(ticket >> 32); }
-constexpr uint64_t make_ticket(uint32_t gen, uint32_t next) { return (uint64_t{gen} << 32) | next; }
-}  // namespace
-
 void ThreadPool::grow(int n_workers) {
-  const uint32_t seen = generation(ticket_.load());
+  const uint64_t seen = generation_.load();
   while (static_cast<int>(workers_.size()) < n_workers) {
     const int index = static_cast<int>(workers_.size());
     workers_.emplace_back([this, index, seen] { worker_loop(index, seen); });
   }
 }
 
-void ThreadPool::work_on(uint32_t gen) {
-  uint64_t t = ticket_.load(std::memory_order_acquire);
-  while (generation(t) == gen) {
-    const uint32_t next = static_cast<uint32_t>(t);
-    if (next >= n_tasks_) return;
-    if (ticket_.compare_exchange_weak(t, make_ticket(gen, next + 1), std::memory_order_acq_rel)) {
-      (*task_)(next);
-      done_.fetch_add(1, std::memory_order_release);
-      t = ticket_.load(std::memory_order_acquire);
+void ThreadPool::work_on(uint64_t gen) {
+  for (;;) {
+    const std::function<void(int64_t)>* task;
+    int64_t i;
+    {
+      std::lock_guard<std::mutex> lock(job_mutex_);
+      if (generation_.load(std::memory_order_relaxed) != gen || next_ >= n_tasks_) return;
+      task = task_;
+      i = next_++;
     }
+    (*task)(i);
+    done_.fetch_add(1, std::memory_order_release);
   }
 }
 
@@ -95,15 +92,17 @@ void ThreadPool::run(int64_t n_tasks, int n_threads, const std::function<void(in
   std::lock_guard<std::mutex> run_lock(run_mutex_);
   const int helpers = static_cast<int>(std::min<int64_t>(n_threads - 1, n_tasks - 1));
   grow(helpers);
-  // The previous job is complete (done_ reached its count), so no thread reads these now.
-  task_ = &task;
-  n_tasks_ = n_tasks;
-  done_.store(0, std::memory_order_relaxed);
-  const uint32_t gen = generation(ticket_.load()) + 1;
+  uint64_t gen;
   {
-    std::lock_guard<std::mutex> lock(wake_mutex_);
-    active_workers_.store(helpers, std::memory_order_relaxed);
-    ticket_.store(make_ticket(gen, 0), std::memory_order_release);
+    // The previous job is complete (done_ reached its count), so no task of it is running.
+    std::lock_guard<std::mutex> lock(job_mutex_);
+    task_ = &task;
+    n_tasks_ = n_tasks;
+    next_ = 0;
+    active_workers_ = helpers;
+    done_.store(0, std::memory_order_relaxed);
+    gen = generation_.load(std::memory_order_relaxed) + 1;
+    generation_.store(gen, std::memory_order_release);
   }
   wake_.notify_all();
   work_on(gen);
@@ -117,26 +116,31 @@ void ThreadPool::run(int64_t n_tasks, int n_threads, const std::function<void(in
   }
 }
 
-void ThreadPool::worker_loop(int index, uint32_t seen) {
+void ThreadPool::worker_loop(int index, uint64_t seen) {
   using clock = std::chrono::steady_clock;
   // After a job, spin this long for the next before sleeping: decode issues a new matmul every
   // few tens of microseconds, and a futex wake-up costs about as much as a small matmul.
   constexpr auto kSpin = std::chrono::milliseconds(2);
   auto idle_since = clock::now();
   for (;;) {
-    uint32_t gen = generation(ticket_.load(std::memory_order_acquire));
+    uint64_t gen = generation_.load(std::memory_order_acquire);
     if (gen == seen) {
       if (clock::now() - idle_since < kSpin) {
         for (int i = 0; i < 64; ++i) TRITLM_PAUSE();
         std::this_thread::yield();  // let a thread that shares this core run
         continue;
       }
-      std::unique_lock<std::mutex> lock(wake_mutex_);
-      wake_.wait(lock, [&] { return generation(ticket_.load()) != seen; });
-      gen = generation(ticket_.load(std::memory_order_acquire));
+      std::unique_lock<std::mutex> lock(job_mutex_);
+      wake_.wait(lock, [&] { return generation_.load() != seen; });
+      gen = generation_.load();
     }
     seen = gen;
-    if (index < active_workers_.load(std::memory_order_relaxed)) work_on(gen);
+    bool invited;
+    {
+      std::lock_guard<std::mutex> lock(job_mutex_);
+      invited = index < active_workers_;
+    }
+    if (invited) work_on(gen);
     idle_since = clock::now();
   }
 }

@@ -30,22 +30,23 @@ class ThreadPool {
  private:
   ThreadPool() = default;
   void grow(int n_workers);
-  void worker_loop(int index, uint32_t seen);
-  // Claims and runs tasks of job `gen` until none are left; false if `gen` is no longer current.
-  void work_on(uint32_t gen);
+  void worker_loop(int index, uint64_t seen);
+  // Claims tasks of job `gen` one at a time and runs them, until none are left or the job is
+  // no longer the current one.
+  void work_on(uint64_t gen);
 
   std::mutex run_mutex_;  // one job at a time
-  std::mutex wake_mutex_;
-  std::condition_variable wake_;
   std::vector<std::thread> workers_;
-  std::atomic<int> active_workers_{0};  // workers 0..active-1 take part in the current job
 
-  // The current job. ticket_ holds the job's generation (high 32 bits) and the next unclaimed
-  // task (low 32 bits): claiming a task is one compare-and-swap that fails for a stale job, so a
-  // worker that wakes late can never run a task of a job it did not see published.
-  std::atomic<uint64_t> ticket_{0};
+  // The current job. Claiming a task reads the job's fields and advances next_ under job_mutex_,
+  // so a worker that wakes late sees either the job it was woken for or a newer one, complete
+  // and consistent, never a mix: a task index is only ever paired with its own job.
+  std::mutex job_mutex_;
+  std::condition_variable wake_;
+  std::atomic<uint64_t> generation_{0};  // also read without the mutex, to spin on
   const std::function<void(int64_t)>* task_ = nullptr;
-  int64_t n_tasks_ = 0;
+  int64_t n_tasks_ = 0, next_ = 0;
+  int active_workers_ = 0;  // workers 0..active-1 take part
   std::atomic<int64_t> done_{0};
 };
 
