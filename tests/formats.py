@@ -44,6 +44,14 @@ def _as_bytes(data) -> np.ndarray:
     return a.reshape(-1)
 
 
+def _blocks(data, n: int, k: int, block: int, block_bytes: int, name: str) -> np.ndarray:
+    """The raw bytes of a block format as [n rows, k / block blocks, block_bytes]."""
+    raw = _as_bytes(data)
+    if k % block or raw.size != n * (k // block) * block_bytes:
+        raise ValueError(f"{name} size mismatch")
+    return raw.reshape(n, k // block, block_bytes)
+
+
 def _check_ternary(w: np.ndarray) -> np.ndarray:
     w = np.asarray(w)
     if w.ndim != 2 or not np.isin(w, (-1, 0, 1)).all():
@@ -186,11 +194,8 @@ def encode_tq2_0(w: np.ndarray, d_bits: np.ndarray) -> np.ndarray:
 
 def decode_tq2_0(data, n: int, k: int):
     """-> (codes - 1 as int8 [n, k], d float32 [n, k/256]). Code 3 decodes to 2: callers check."""
-    raw = _as_bytes(data)
-    nb = k // QK_K
-    if k % QK_K or raw.size != n * nb * TQ2_0_BYTES:
-        raise ValueError("TQ2_0 size mismatch")
-    blk = raw.reshape(n, nb, TQ2_0_BYTES)
+    blk = _blocks(data, n, k, QK_K, TQ2_0_BYTES, "TQ2_0")
+    nb = blk.shape[1]
     qs = blk[:, :, :64].reshape(n, nb, 2, 1, 32)                          # half, l, m
     codes = (qs >> (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 1, 4, 1)) & 3
     w = codes.astype(np.int8).reshape(n, k) - 1
@@ -251,11 +256,8 @@ def tq1_digit(byte: np.ndarray, i: int) -> np.ndarray:
 
 def decode_tq1_0(data, n: int, k: int):
     """-> (trit - 1 as int8 [n, k], d float32 [n, k/256])."""
-    raw = _as_bytes(data)
-    nb = k // QK_K
-    if k % QK_K or raw.size != n * nb * TQ1_0_BYTES:
-        raise ValueError("TQ1_0 size mismatch")
-    blk = raw.reshape(n, nb, TQ1_0_BYTES)
+    blk = _blocks(data, n, k, QK_K, TQ1_0_BYTES, "TQ1_0")
+    nb = blk.shape[1]
     # digits [n, nb, i, byte]: element order of each section is i-major, byte-minor
     sec0 = np.stack([tq1_digit(blk[:, :, 0:32], i) for i in range(5)], axis=2).reshape(n, nb, 160)
     sec1 = np.stack([tq1_digit(blk[:, :, 32:48], i) for i in range(5)], axis=2).reshape(n, nb, 80)
@@ -354,11 +356,8 @@ def encode_q1_0(w: np.ndarray, d_bits: np.ndarray) -> np.ndarray:
 
 def decode_q1_0(data, n: int, k: int):
     """-> (w int8 [n, k] of {-1, 1}, d float32 [n, k/128])."""
-    raw = _as_bytes(data)
-    nb = k // BLOCK
-    if k % BLOCK or raw.size != n * nb * Q1_0_BYTES:
-        raise ValueError("Q1_0 size mismatch")
-    blk = raw.reshape(n, nb, Q1_0_BYTES)
+    blk = _blocks(data, n, k, BLOCK, Q1_0_BYTES, "Q1_0")
+    nb = blk.shape[1]
     bits = np.unpackbits(blk[:, :, 2:], axis=2, bitorder="little")       # bit j%8 of byte j//8
     w = bits.astype(np.int8).reshape(n, k) * 2 - 1
     d = fp16_to_f32(blk[:, :, 0].astype(np.uint16) | (blk[:, :, 1].astype(np.uint16) << 8))
