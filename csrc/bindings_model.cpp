@@ -6,6 +6,7 @@
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <cmath>
 #include <mutex>
 #include <stdexcept>
@@ -289,7 +290,64 @@ void bind_model(nb::module_& m) {
         std::lock_guard<std::mutex> lock(ps.busy);
         ps.s.truncate(n);
       }, "n"_a)
-      .def("set_threads", [](PySession& ps, int n) { ps.s.set_threads(check_threads(n)); }, "n"_a);
+      .def("set_threads", [](PySession& ps, int n) { ps.s.set_threads(check_threads(n)); }, "n"_a)
+      .def(
+          "copy_prefix",
+          [](PySession& ps, PySession& src, int n) {
+            nb::gil_scoped_release release;
+            if (&ps == &src) {
+              std::lock_guard<std::mutex> lock(ps.busy);
+              ps.s.copy_prefix(src.s, n);
+              return;
+            }
+            std::scoped_lock lock(ps.busy, src.busy);
+            ps.s.copy_prefix(src.s, n);
+          },
+          "src"_a, "n"_a, "Takes the first n cached positions of another sequence of the same model.");
+
+  m.def(
+      "eval_batch",
+      [](const std::vector<PySession*>& sessions, const std::vector<Input>& tokens, std::optional<int> n_threads) {
+        if (sessions.size() != tokens.size())
+          throw nb::value_error("eval_batch: one token array per session is needed");
+        if (sessions.size() > 4096) throw nb::value_error("eval_batch: at most 4096 sessions per step");
+        std::vector<std::vector<int32_t>> ids;
+        int64_t total = 0;
+        for (const Input& t : tokens) {
+          const int32_t* p = require<int32_t>(t, "tokens", 1);
+          ids.emplace_back(p, p + t.shape(0));
+          total += static_cast<int64_t>(t.shape(0));
+        }
+        if (total > 8192) throw nb::value_error(("eval_batch: " + std::to_string(total) +
+                                                 " tokens in one step, at most 8192").c_str());
+        const int threads = resolve_threads(n_threads);
+        std::vector<model::Session*> seqs;
+        std::vector<PySession*> order(sessions.begin(), sessions.end());
+        for (PySession* ps : sessions) {
+          if (!ps) throw nb::type_error("eval_batch: sessions must not be None");
+          seqs.push_back(&ps->s);
+        }
+        std::sort(order.begin(), order.end());
+        if (std::adjacent_find(order.begin(), order.end()) != order.end())
+          throw nb::value_error("eval_batch: a session appears twice");
+        std::vector<std::vector<float>> result;
+        {
+          nb::gil_scoped_release release;
+          // Locked in address order, so two concurrent steps can never wait on each other.
+          std::vector<std::unique_lock<std::mutex>> locks;
+          for (PySession* ps : order) locks.emplace_back(ps->busy);
+          result = model::eval_batch(seqs, ids, threads);
+        }
+        nb::list out;
+        for (std::vector<float>& r : result) {
+          const size_t n = r.size();
+          out.append(to_numpy(std::move(r), {n}));
+        }
+        return out;
+      },
+      "sessions"_a, "tokens"_a, "n_threads"_a = nb::none(),
+      "One continuous-batching step: appends tokens[i] to sessions[i] in a single forward pass "
+      "and returns each session's logits after its last new token.");
 
   nb::class_<model::Sampler>(m, "Sampler", "Chooses tokens from logits with a seeded generator.")
       .def(

@@ -44,12 +44,13 @@ void rmsnorm(float* out, const float* x, const std::vector<float>& w, int n, int
   }
 }
 
-// Rotary position embedding in NEOX (rotate-half) order over each head of width head_dim.
-void rope(float* x, int n, int pos0, int n_heads, int head_dim, const std::vector<float>& inv_freq) {
+// Rotary position embedding in NEOX (rotate-half) order over each head of width head_dim; token
+// t sits at rows[t].pos.
+void rope(float* x, const std::vector<Row>& rows, int n_heads, int head_dim, const std::vector<float>& inv_freq) {
   const int half = head_dim / 2;
-  for (int t = 0; t < n; ++t)
+  for (size_t t = 0; t < rows.size(); ++t)
     for (int i = 0; i < half; ++i) {
-      const float angle = static_cast<float>(pos0 + t) * inv_freq[i];
+      const float angle = static_cast<float>(rows[t].pos) * inv_freq[i];
       const float c = static_cast<float>(std::cos(static_cast<double>(angle)));
       const float s = static_cast<float>(std::sin(static_cast<double>(angle)));
       for (int h = 0; h < n_heads; ++h) {
@@ -61,47 +62,80 @@ void rope(float* x, int n, int pos0, int n_heads, int head_dim, const std::vecto
     }
 }
 
+// As transformers computes it: 1 / theta^(2i / head_dim) in f32.
+std::vector<float> rope_inv_freq(const Config& c) {
+  std::vector<float> f;
+  for (int i = 0; i < c.head_dim / 2; ++i)
+    f.push_back(1.0f / std::pow(c.rope_theta, static_cast<float>(2 * i) / static_cast<float>(c.head_dim)));
+  return f;
+}
+
 float relu2(float g) { return g > 0.0f ? g * g : 0.0f; }
 float silu(float g) { return g / (1.0f + std::exp(-g)); }
 
 }  // namespace
 
-Session::Session(const Model& model, int n_ctx, bool kv_f16, int n_threads)
-    : m_(model), n_ctx_(n_ctx), n_threads_(n_threads), kv_f16_(kv_f16) {
-  const Config& c = m_.config;
-  if (kv_f16 && c.head_dim % 16 != 0)
+KvCache::KvCache(const Config& c, int n_ctx_, bool f16_)
+    : n_ctx(n_ctx_), n_layers(c.n_layers), n_kv_heads(c.n_kv_heads), head_dim(c.head_dim), f16(f16_) {
+  if (f16 && head_dim % 16 != 0)
     throw std::invalid_argument("an f16 KV cache needs head_dim to be a multiple of 16 (got " +
-                                std::to_string(c.head_dim) + "); use kv_f16=False");
-  kv_dim_ = static_cast<int64_t>(c.n_kv_heads) * c.head_dim;
-  const size_t cache = static_cast<size_t>(c.n_layers) * n_ctx * kv_dim_;
-  if (kv_f16) {
-    k16_.reset(new uint16_t[cache]);
-    v16_.reset(new uint16_t[cache]);
+                                std::to_string(head_dim) + "); use kv_f16=False");
+  const size_t size = static_cast<size_t>(n_layers) * n_kv_heads * n_ctx * head_dim;
+  if (f16) {
+    k16.reset(new uint16_t[size]);
+    v16.reset(new uint16_t[size]);
   } else {
-    k32_.reset(new float[cache]);
-    v32_.reset(new float[cache]);
+    k32.reset(new float[size]);
+    v32.reset(new float[size]);
   }
-  // As transformers computes it: 1 / theta^(2i / head_dim) in f32.
-  for (int i = 0; i < c.head_dim / 2; ++i)
-    rope_inv_freq_.push_back(1.0f / std::pow(c.rope_theta, static_cast<float>(2 * i) / static_cast<float>(c.head_dim)));
 }
 
-void Session::truncate(int n) {
-  if (n < 0 || n > n_past_)
-    throw std::out_of_range("truncate: position " + std::to_string(n) + " is outside 0.." + std::to_string(n_past_));
-  n_past_ = n;
+size_t KvCache::offset(int layer, int kv_head, int pos) const {
+  return ((static_cast<size_t>(layer) * n_kv_heads + kv_head) * n_ctx + pos) * head_dim;
 }
 
-void Session::linear(const Linear& l, const std::vector<float>& x, int n, std::vector<float>& y) {
+void KvCache::store(int layer, int pos, const float* k, const float* v) {
+  for (int h = 0; h < n_kv_heads; ++h) {
+    const size_t src = static_cast<size_t>(h) * head_dim, dst = offset(layer, h, pos);
+    for (int i = 0; i < head_dim; ++i) {
+      if (f16) {
+        k16[dst + i] = f32_to_fp16(k[src + i]);
+        v16[dst + i] = f32_to_fp16(v[src + i]);
+      } else {
+        k32[dst + i] = k[src + i];
+        v32[dst + i] = v[src + i];
+      }
+    }
+  }
+}
+
+void KvCache::copy_prefix(const KvCache& src, int n) {
+  const size_t len = static_cast<size_t>(n) * head_dim;
+  for (int l = 0; l < n_layers; ++l)
+    for (int h = 0; h < n_kv_heads; ++h) {
+      const size_t from = src.offset(l, h, 0), to = offset(l, h, 0);
+      if (f16) {
+        std::copy_n(src.k16.get() + from, len, k16.get() + to);
+        std::copy_n(src.v16.get() + from, len, v16.get() + to);
+      } else {
+        std::copy_n(src.k32.get() + from, len, k32.get() + to);
+        std::copy_n(src.v32.get() + from, len, v32.get() + to);
+      }
+    }
+}
+
+namespace {
+
+void linear(const Linear& l, const std::vector<float>& x, int n, std::vector<float>& y, int n_threads) {
   y.resize(static_cast<size_t>(n) * l.out);
   if (l.packed) {
     const kernels::KernelTable& t = kernels::active_table();
-    const QuantizedActivations a = quantize(t, x.data(), n, l.in, n_threads_);
-    matmul(t, *l.packed, a, y.data(), n_threads_);
+    const QuantizedActivations a = quantize(t, x.data(), n, l.in, n_threads);
+    matmul(t, *l.packed, a, y.data(), n_threads);
     return;
   }
   constexpr int64_t kRows = 64;
-  ThreadPool::instance().run((l.out + kRows - 1) / kRows, n_threads_, [&](int64_t task) {
+  ThreadPool::instance().run((l.out + kRows - 1) / kRows, n_threads, [&](int64_t task) {
     for (int64_t r = task * kRows; r < std::min(l.out, (task + 1) * kRows); ++r)
       for (int t = 0; t < n; ++t) {
         const float* w = l.dense + r * l.in;
@@ -113,51 +147,28 @@ void Session::linear(const Linear& l, const std::vector<float>& x, int n, std::v
   });
 }
 
-// The cache is laid out [layer][kv head][position][head_dim], so one head's keys (and values)
-// are a contiguous matrix the f16 kernels can stream.
-size_t Session::kv_offset(int layer, int kv_head, int pos) const {
-  const Config& c = m_.config;
-  return ((static_cast<size_t>(layer) * c.n_kv_heads + kv_head) * n_ctx_ + pos) * c.head_dim;
-}
-
-void Session::store_kv(int layer, int n, int pos0, const std::vector<float>& k, const std::vector<float>& v) {
-  const Config& c = m_.config;
-  for (int t = 0; t < n; ++t)
-    for (int h = 0; h < c.n_kv_heads; ++h) {
-      const size_t src = static_cast<size_t>(t) * kv_dim_ + static_cast<size_t>(h) * c.head_dim;
-      const size_t dst = kv_offset(layer, h, pos0 + t);
-      for (int i = 0; i < c.head_dim; ++i) {
-        if (kv_f16_) {
-          k16_[dst + i] = f32_to_fp16(k[src + i]);
-          v16_[dst + i] = f32_to_fp16(v[src + i]);
-        } else {
-          k32_[dst + i] = k[src + i];
-          v32_[dst + i] = v[src + i];
-        }
-      }
-    }
-}
-
-// Causal attention of n new tokens (positions pos0..pos0+n-1) over the cache, one task per
+// Causal attention of each token over its own sequence's cache (positions 0..pos), one task per
 // (token, head). Query head h reads kv head h / (n_heads / n_kv_heads).
-void Session::attention(int layer, int n, int pos0, const std::vector<float>& q, std::vector<float>& out) {
-  const Config& c = m_.config;
+void attention(const Config& c, int layer, const std::vector<Row>& rows, const std::vector<float>& q,
+               std::vector<float>& out, int n_threads) {
   const kernels::KernelTable& kt = kernels::active_table();
   const int hd = c.head_dim, group = c.n_heads / c.n_kv_heads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  out.assign(static_cast<size_t>(n) * c.n_heads * hd, 0.0f);
-  ThreadPool::instance().run(static_cast<int64_t>(n) * c.n_heads, n_threads_, [&](int64_t task) {
-    const int t = static_cast<int>(task / c.n_heads), h = static_cast<int>(task % c.n_heads);
-    const int len = pos0 + t + 1;
-    const size_t base = kv_offset(layer, h / group, 0);
-    const float* qh = q.data() + (static_cast<size_t>(t) * c.n_heads + h) * hd;
-    float* o = out.data() + (static_cast<size_t>(t) * c.n_heads + h) * hd;
+  out.assign(rows.size() * c.n_heads * hd, 0.0f);
+  ThreadPool::instance().run(static_cast<int64_t>(rows.size()) * c.n_heads, n_threads, [&](int64_t task) {
+    const size_t t = static_cast<size_t>(task / c.n_heads);
+    const int h = static_cast<int>(task % c.n_heads);
+    const KvCache& kv = *rows[t].kv;
+    const int len = rows[t].pos + 1;
+    const size_t base = kv.offset(layer, h / group, 0);
+    const float* qh = q.data() + (t * c.n_heads + h) * hd;
+    float* o = out.data() + (t * c.n_heads + h) * hd;
     std::vector<float> score(len);
-    if (kv_f16_) {
-      kt.matvec_f16(k16_.get() + base, hd, qh, 1, 0, len, score.data(), len);
+    if (kv.f16) {
+      kt.matvec_f16(kv.k16.get() + base, hd, qh, 1, 0, len, score.data(), len);
     } else {
       for (int p = 0; p < len; ++p) {
-        const float* key = k32_.get() + base + static_cast<size_t>(p) * hd;
+        const float* key = kv.k32.get() + base + static_cast<size_t>(p) * hd;
         float dot = 0.0f;
         for (int i = 0; i < hd; ++i) dot += qh[i] * key[i];
         score[p] = dot;
@@ -170,47 +181,51 @@ void Session::attention(int layer, int n, int pos0, const std::vector<float>& q,
     for (int p = 0; p < len; ++p) {
       const float weight = score[p] / sum;
       const size_t row = base + static_cast<size_t>(p) * hd;
-      if (kv_f16_) {
-        kt.axpy_f16(v16_.get() + row, weight, o, hd);
+      if (kv.f16) {
+        kt.axpy_f16(kv.v16.get() + row, weight, o, hd);
       } else {
-        for (int i = 0; i < hd; ++i) o[i] += weight * v32_[row + i];
+        for (int i = 0; i < hd; ++i) o[i] += weight * kv.v32[row + i];
       }
     }
   });
 }
 
-void Session::forward_chunk(const int32_t* tokens, int n, std::vector<float>& x) {
-  const Config& c = m_.config;
-  const int pos0 = n_past_;
+}  // namespace
+
+void forward(const Model& m, const int32_t* tokens, const std::vector<Row>& rows, int n_threads, std::vector<float>& x) {
+  const Config& c = m.config;
+  const int n = static_cast<int>(rows.size());
+  const int64_t kv_dim = static_cast<int64_t>(c.n_kv_heads) * c.head_dim;
+  const std::vector<float> inv_freq = rope_inv_freq(c);
   x.resize(static_cast<size_t>(n) * c.dim);
   for (int t = 0; t < n; ++t)
-    for (int i = 0; i < c.dim; ++i) x[static_cast<size_t>(t) * c.dim + i] = m_.token_embd.at(tokens[t], i);
+    for (int i = 0; i < c.dim; ++i) x[static_cast<size_t>(t) * c.dim + i] = m.token_embd.at(tokens[t], i);
 
   std::vector<float> a, q, k, v, attn, normed, proj, gate, up;
   for (int l = 0; l < c.n_layers; ++l) {
-    const Layer& L = m_.layers[l];
+    const Layer& L = m.layers[l];
     // Attention block.
     a.resize(x.size());
     rmsnorm(a.data(), x.data(), L.attn_norm, n, c.dim, c.norm_eps);
-    linear(L.attn_q, a, n, q);
-    linear(L.attn_k, a, n, k);
-    linear(L.attn_v, a, n, v);
-    rope(q.data(), n, pos0, c.n_heads, c.head_dim, rope_inv_freq_);
-    rope(k.data(), n, pos0, c.n_kv_heads, c.head_dim, rope_inv_freq_);
-    store_kv(l, n, pos0, k, v);
-    attention(l, n, pos0, q, attn);
+    linear(L.attn_q, a, n, q, n_threads);
+    linear(L.attn_k, a, n, k, n_threads);
+    linear(L.attn_v, a, n, v, n_threads);
+    rope(q.data(), rows, c.n_heads, c.head_dim, inv_freq);
+    rope(k.data(), rows, c.n_kv_heads, c.head_dim, inv_freq);
+    for (int t = 0; t < n; ++t) rows[t].kv->store(l, rows[t].pos, k.data() + t * kv_dim, v.data() + t * kv_dim);
+    attention(c, l, rows, q, attn, n_threads);
     if (c.sub_norms) {
       normed.resize(attn.size());
       rmsnorm(normed.data(), attn.data(), L.attn_sub_norm, n, c.n_heads * c.head_dim, c.norm_eps);
       attn.swap(normed);
     }
-    linear(L.attn_output, attn, n, proj);
+    linear(L.attn_output, attn, n, proj, n_threads);
     for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
 
     // Feed-forward block.
     rmsnorm(a.data(), x.data(), L.ffn_norm, n, c.dim, c.norm_eps);
-    linear(L.ffn_gate, a, n, gate);
-    linear(L.ffn_up, a, n, up);
+    linear(L.ffn_gate, a, n, gate, n_threads);
+    linear(L.ffn_up, a, n, up, n_threads);
     const bool relu_squared = c.activation == Activation::kRelu2;
     for (size_t i = 0; i < gate.size(); ++i) gate[i] = (relu_squared ? relu2(gate[i]) : silu(gate[i])) * up[i];
     if (c.sub_norms) {
@@ -218,26 +233,25 @@ void Session::forward_chunk(const int32_t* tokens, int n, std::vector<float>& x)
       rmsnorm(normed.data(), gate.data(), L.ffn_sub_norm, n, c.ffn_dim, c.norm_eps);
       gate.swap(normed);
     }
-    linear(L.ffn_down, gate, n, proj);
+    linear(L.ffn_down, gate, n, proj, n_threads);
     for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
   }
   std::vector<float> out(x.size());
-  rmsnorm(out.data(), x.data(), m_.output_norm, n, c.dim, c.norm_eps);
+  rmsnorm(out.data(), x.data(), m.output_norm, n, c.dim, c.norm_eps);
   x.swap(out);
-  n_past_ += n;
 }
 
 // logits[t, v] = hidden[t] . output[v], one task per block of vocabulary rows. The head is the
 // largest tensor a decode step reads: an f16 head goes through the f16 kernel, an 8-bit head
 // (half the bytes) through the int8 kernel on the hidden state quantized per token.
-void Session::logits(const float* hidden, int n, float* out) {
-  const Table& head = m_.output;
+void logits(const Model& m, const float* hidden, int n, float* out, int n_threads) {
+  const Table& head = m.output;
   const kernels::KernelTable& k = kernels::active_table();
   if (head.f16 && head.cols % 16 != 0) throw std::logic_error("logits: an f16 head needs cols % 16 == 0");
   QuantizedActivations hq;
-  if (head.q8) hq = quantize(k, hidden, n, head.cols, n_threads_);
+  if (head.q8) hq = quantize(k, hidden, n, head.cols, n_threads);
   constexpr int64_t kRows = 256;
-  ThreadPool::instance().run((head.rows + kRows - 1) / kRows, n_threads_, [&](int64_t task) {
+  ThreadPool::instance().run((head.rows + kRows - 1) / kRows, n_threads, [&](int64_t task) {
     const int64_t r0 = task * kRows, r1 = std::min(head.rows, r0 + kRows);
     if (head.q8) {
       k.matvec_q8(head.q8, head.q8_scale, head.cols, hq.q.data(), hq.s.data(), n, r0, r1, out, head.rows);
@@ -257,33 +271,96 @@ void Session::logits(const float* hidden, int n, float* out) {
   });
 }
 
+Session::Session(const Model& model, int n_ctx, bool kv_f16, int n_threads)
+    : m_(model), n_threads_(n_threads), kv_(model.config, n_ctx, kv_f16) {}
+
+void Session::truncate(int n) {
+  if (n < 0 || n > n_past_)
+    throw std::out_of_range("truncate: position " + std::to_string(n) + " is outside 0.." + std::to_string(n_past_));
+  n_past_ = n;
+}
+
+void Session::copy_prefix(const Session& src, int n) {
+  if (&src.m_ != &m_) throw std::invalid_argument("copy_prefix: the sessions belong to different models");
+  if (src.kv_.f16 != kv_.f16) throw std::invalid_argument("copy_prefix: the sessions' KV caches differ in precision");
+  if (n < 0 || n > src.n_past_ || n > kv_.n_ctx)
+    throw std::out_of_range("copy_prefix: " + std::to_string(n) + " positions requested, the source holds " +
+                            std::to_string(src.n_past_) + " and this context " + std::to_string(kv_.n_ctx));
+  if (&src != this) kv_.copy_prefix(src.kv_, n);
+  n_past_ = n;
+}
+
+void Session::check_tokens(const int32_t* tokens, int64_t n) const {
+  const int vocab = m_.config.vocab_size;
+  if (n < 1) throw std::invalid_argument("tokens must not be empty");
+  if (n_past_ + n > kv_.n_ctx)
+    throw std::length_error(std::to_string(n_past_ + n) + " tokens do not fit the context of " +
+                            std::to_string(kv_.n_ctx) + " (" + std::to_string(n_past_) + " already in the cache + " +
+                            std::to_string(n) + " new)");
+  for (int64_t i = 0; i < n; ++i)
+    if (tokens[i] < 0 || tokens[i] >= vocab)
+      throw std::invalid_argument("token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
+                                  " is outside the vocabulary (0.." + std::to_string(vocab - 1) + ")");
+}
+
 std::vector<float> Session::eval(const int32_t* tokens, int64_t n, Output out) {
   const Config& c = m_.config;
-  if (n < 1) throw std::invalid_argument("tokens must not be empty");
-  if (n_past_ + n > n_ctx_)
-    throw std::length_error(std::to_string(n_past_ + n) + " tokens do not fit the context of " + std::to_string(n_ctx_) +
-                            " (" + std::to_string(n_past_) + " already in the cache + " + std::to_string(n) + " new)");
-  for (int64_t i = 0; i < n; ++i)
-    if (tokens[i] < 0 || tokens[i] >= c.vocab_size)
-      throw std::invalid_argument("token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
-                                  " is outside the vocabulary (0.." + std::to_string(c.vocab_size - 1) + ")");
+  check_tokens(tokens, n);
   std::vector<float> result;
   std::vector<float> hidden;
   for (int64_t start = 0; start < n; start += kChunk) {
     const int len = static_cast<int>(std::min<int64_t>(kChunk, n - start));
-    forward_chunk(tokens + start, len, hidden);
+    std::vector<Row> rows;
+    for (int t = 0; t < len; ++t) rows.push_back({&kv_, n_past_ + t});
+    forward(m_, tokens + start, rows, n_threads_, hidden);
+    n_past_ += len;
     const bool last_chunk = start + len == n;
     if (out == Output::kAll) {
       const size_t at = result.size();
       result.resize(at + static_cast<size_t>(len) * c.vocab_size);
-      logits(hidden.data(), len, result.data() + at);
+      logits(m_, hidden.data(), len, result.data() + at, n_threads_);
     } else if (out == Output::kHidden) {
       result.insert(result.end(), hidden.begin(), hidden.end());
     } else if (out == Output::kLast && last_chunk) {
       result.resize(c.vocab_size);
-      logits(hidden.data() + static_cast<size_t>(len - 1) * c.dim, 1, result.data());
+      logits(m_, hidden.data() + static_cast<size_t>(len - 1) * c.dim, 1, result.data(), n_threads_);
     }
   }
+  return result;
+}
+
+std::vector<std::vector<float>> eval_batch(const std::vector<Session*>& seqs,
+                                           const std::vector<std::vector<int32_t>>& tokens, int n_threads) {
+  if (seqs.empty()) throw std::invalid_argument("eval_batch: no sequences");
+  if (seqs.size() != tokens.size()) throw std::invalid_argument("eval_batch: one token list per sequence is needed");
+  const Model& m = seqs[0]->m_;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    if (&seqs[i]->m_ != &m) throw std::invalid_argument("eval_batch: the sequences belong to different models");
+    for (size_t j = 0; j < i; ++j)
+      if (seqs[j] == seqs[i]) throw std::invalid_argument("eval_batch: a sequence appears twice");
+    seqs[i]->check_tokens(tokens[i].data(), static_cast<int64_t>(tokens[i].size()));
+  }
+  std::vector<int32_t> flat;
+  std::vector<Row> rows;
+  std::vector<int> last;  // the row of each sequence's last token
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    for (size_t t = 0; t < tokens[i].size(); ++t) rows.push_back({&seqs[i]->kv_, seqs[i]->n_past_ + static_cast<int>(t)});
+    flat.insert(flat.end(), tokens[i].begin(), tokens[i].end());
+    last.push_back(static_cast<int>(rows.size()) - 1);
+  }
+  std::vector<float> hidden;
+  forward(m, flat.data(), rows, n_threads, hidden);
+  for (size_t i = 0; i < seqs.size(); ++i) seqs[i]->n_past_ += static_cast<int>(tokens[i].size());
+
+  const int dim = m.config.dim, vocab = m.config.vocab_size;
+  std::vector<float> picked(seqs.size() * static_cast<size_t>(dim));
+  for (size_t i = 0; i < seqs.size(); ++i)
+    std::copy_n(hidden.data() + static_cast<size_t>(last[i]) * dim, dim, picked.data() + i * dim);
+  std::vector<float> all(seqs.size() * static_cast<size_t>(vocab));
+  logits(m, picked.data(), static_cast<int>(seqs.size()), all.data(), n_threads);
+  std::vector<std::vector<float>> result;
+  for (size_t i = 0; i < seqs.size(); ++i)
+    result.emplace_back(all.begin() + static_cast<int64_t>(i) * vocab, all.begin() + static_cast<int64_t>(i + 1) * vocab);
   return result;
 }
 

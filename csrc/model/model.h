@@ -58,7 +58,38 @@ struct Model {
 
 enum class Output { kNone, kLast, kAll, kHidden };
 
-// One sequence: its KV cache (preallocated for n_ctx positions) and scratch buffers.
+// One sequence's keys and values, preallocated for n_ctx positions and laid out
+// [layer][kv head][position][head_dim], so one head's keys (and values) are a contiguous matrix
+// the f16 kernels can stream. Allocated without initializing: the pages of positions not yet
+// used are never touched and cost no resident memory.
+class KvCache {
+ public:
+  KvCache(const Config& c, int n_ctx, bool f16);
+  size_t offset(int layer, int kv_head, int pos) const;
+  void store(int layer, int pos, const float* k, const float* v);  // one token's kv_dim values
+  void copy_prefix(const KvCache& src, int n);                      // positions 0..n-1 of src
+
+  int n_ctx, n_layers, n_kv_heads, head_dim;
+  bool f16;
+  std::unique_ptr<uint16_t[]> k16, v16;
+  std::unique_ptr<float[]> k32, v32;
+};
+
+// One token of a forward step: the cache of the sequence it belongs to and its position there.
+// A step may hold tokens of many sequences; the weights are read once for all of them.
+struct Row {
+  KvCache* kv;
+  int pos;
+};
+
+// Runs tokens[i] at rows[i] through every layer and leaves the final normed hidden states in
+// x [n, dim]; stores each token's keys and values in its row's cache.
+void forward(const Model& m, const int32_t* tokens, const std::vector<Row>& rows, int n_threads, std::vector<float>& x);
+
+// logits[t, :] = hidden[t] . output^T for n hidden states.
+void logits(const Model& m, const float* hidden, int n, float* out, int n_threads);
+
+// One sequence: its KV cache and how many positions of it are filled.
 class Session {
  public:
   Session(const Model& model, int n_ctx, bool kv_f16, int n_threads);
@@ -68,33 +99,34 @@ class Session {
   // normed hidden states [n, dim]. Throws std::length_error if the tokens do not fit.
   std::vector<float> eval(const int32_t* tokens, int64_t n, Output out);
 
+  // Throws unless n tokens fit after n_past and every id is in the vocabulary.
+  void check_tokens(const int32_t* tokens, int64_t n) const;
+
   int n_past() const { return n_past_; }
-  int n_ctx() const { return n_ctx_; }
+  int n_ctx() const { return kv_.n_ctx; }
+  bool kv_f16() const { return kv_.f16; }
+  const Model& model() const { return m_; }
   void truncate(int n);
   void set_threads(int n) { n_threads_ = n; }
+  // Takes the first n positions of another sequence of the same model (a shared prompt prefix).
+  void copy_prefix(const Session& src, int n);
 
  private:
   // Prompt tokens go through the batched kernels this many at a time: each chunk streams every
   // weight once, so longer chunks read less (pp128 on 2B4T: 66 tokens/s at 64, 74 at 128).
   static constexpr int kChunk = 128;
-
-  void forward_chunk(const int32_t* tokens, int n, std::vector<float>& x);
-  void attention(int layer, int n, int pos0, const std::vector<float>& q, std::vector<float>& out);
-  size_t kv_offset(int layer, int kv_head, int pos) const;
-  void store_kv(int layer, int n, int pos0, const std::vector<float>& k, const std::vector<float>& v);
-  void linear(const Linear& l, const std::vector<float>& x, int n, std::vector<float>& y);
-  void logits(const float* hidden, int n, float* out);
+  friend std::vector<std::vector<float>> eval_batch(const std::vector<Session*>&,
+                                                    const std::vector<std::vector<int32_t>>&, int);
 
   const Model& m_;
-  int n_ctx_, n_threads_;
-  bool kv_f16_;
+  int n_threads_;
   int n_past_ = 0;
-  int64_t kv_dim_;
-  // [layer][kv head][pos][head_dim], f16 or f32. Allocated without initializing, so the pages of
-  // positions not yet used are never touched and cost no resident memory.
-  std::unique_ptr<uint16_t[]> k16_, v16_;
-  std::unique_ptr<float[]> k32_, v32_;
-  std::vector<float> rope_inv_freq_;
+  KvCache kv_;
 };
+
+// One step of continuous batching: appends tokens[i] to seqs[i] (distinct sequences of one
+// model) in a single forward pass and returns the logits of each sequence's last new token.
+std::vector<std::vector<float>> eval_batch(const std::vector<Session*>& seqs,
+                                           const std::vector<std::vector<int32_t>>& tokens, int n_threads);
 
 }  // namespace tritlm::model
