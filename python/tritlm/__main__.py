@@ -128,16 +128,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
     vocab = llm.spec.config["vocab_size"]
     pp, tg = [], []
     for _ in range(a.repeats):
-        ids = rng.integers(0, vocab, a.prompt).tolist()
-        t0 = time.perf_counter()
-        llm.eval_logits(ids)
-        pp.append(a.prompt / (time.perf_counter() - t0))
-        session = llm._session
-        t0 = time.perf_counter()
-        for tok in rng.integers(0, vocab, a.gen):
-            session.eval(np.asarray([tok], dtype=np.int32), "last")
-        tg.append(a.gen / (time.perf_counter() - t0))
-        llm._cached = []
+        # Fresh random prompts, so nothing comes from the prefix cache.
+        llm.eval_logits(rng.integers(0, vocab, a.prompt).tolist())  # warm the page cache
+        out = llm.generate(rng.integers(0, vocab, a.prompt).tolist(), max_tokens=a.gen + 1, temperature=0,
+                           ignore_eos=True)
+        pp.append(out.timings.prompt_tokens_per_s)
+        tg.append(out.timings.generation_tokens_per_s)
     roofline = bandwidth / per_token
 
     def fmt(xs: list[float]) -> str:

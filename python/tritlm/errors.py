@@ -34,3 +34,16 @@ class ChatTemplateError(TritlmError, ValueError):
 class InvalidMessagesError(TritlmError, ValueError):
     """Chat messages are malformed: an unknown role, or content that is neither a string nor a
     list of text parts. The message names the offending message by index."""
+
+
+class QueueFullError(TritlmError):
+    """Every sequence slot is busy and the wait queue is at its bound; try again after
+    ``retry_after`` seconds (the server answers 429 with Retry-After)."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class EngineClosedError(TritlmError):
+    """The model was closed: no new requests, and requests still running end with this."""

@@ -1,30 +1,35 @@
 """tritlm.LLM: load a ternary model and generate text, in-process.
 
-One LLM owns one native Session (the KV cache of one sequence); calls are serialized by a lock
-and a new prompt reuses the cached prefix it shares with the previous one. Sampling runs in C++;
-this module turns tokens into text, applies stop strings and builds the results.
+Generation goes through a continuous-batching scheduler (tritlm.scheduler): calls from many
+threads or tasks at once, and ``generate([p1, p2, ...])``, are decoded together in one forward
+step rather than one after another, and a prompt continues from the longest cached prefix any
+earlier request left behind. Sampling runs in C++; the scheduler turns tokens into text and
+applies stop strings.
 """
 
 from __future__ import annotations
 
 import os
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import numpy as np
 
 from . import _core, kernels
 from .chat_template import render_chat
 from .errors import ContextOverflowError
 from .loaders import load_model
-from .results import Completion, Delta, TokenLogprob, Timings, Usage
-from .stop import StopMatcher
-from .tokenizer import IncrementalDecoder, Tokenizer
+from .results import Completion, Delta
+from .scheduler import Channel, Request, Scheduler, SchedulerSettings, Stream
+from .tokenizer import Tokenizer
 
 Prompt = str | Sequence[int]
 Message = dict[str, Any]
+
+# A stream's reader may fall this many deltas behind before its sequence is paused.
+STREAM_BUFFER = 32
 
 
 class LLM:
@@ -38,13 +43,25 @@ class LLM:
         n_ctx: int = 4096,
         kv_f16: bool = True,
         head: str = "f16",
+        max_seqs: int = 8,
+        max_batch_tokens: int = 128,
+        max_waiting: int = 256,
+        kv_budget_tokens: int | None = None,
     ) -> None:
         """``head="q8"`` keeps the output head as int8 rows with a scale each: half the bytes of
-        f16, and at 2B4T size the head is the largest tensor read per token."""
+        f16, and at 2B4T size the head is the largest tensor read per token.
+
+        ``max_seqs`` sequences run together (each with a KV cache of ``n_ctx`` positions, whose
+        memory is only touched as it fills); ``max_batch_tokens`` bounds one step, and so the
+        pause a new prompt causes the running streams; beyond ``max_waiting`` queued requests
+        ``QueueFullError`` is raised; ``kv_budget_tokens`` bounds prompt + max_tokens summed
+        over the running requests."""
         if n_ctx < 1:
             raise ValueError(f"n_ctx must be positive, got {n_ctx}")
         if head not in ("f16", "q8"):
             raise ValueError(f"head must be 'f16' or 'q8', got {head!r}")
+        settings = SchedulerSettings(max_seqs, max_batch_tokens, max_waiting, kv_budget_tokens)
+        settings.check(n_ctx)
         self.spec = load_model(os.fspath(path))
         if head == "q8":
             table = self.spec.weights.pop("output", None)
@@ -52,10 +69,14 @@ class LLM:
             self.spec.weights["output.q8"], self.spec.weights["output.q8_scale"] = q8, scale
         self.tokenizer = Tokenizer(self.spec.tokenizer)
         self._model = _core.Model(self.spec.config, self.spec.weights)
-        self._session = _core.Session(self._model, n_ctx, kv_f16, n_threads)
-        self._cached: list[int] = []  # tokens whose keys and values the session holds
-        self._lock = threading.Lock()
         self.n_ctx = n_ctx
+        self._scheduler = Scheduler(
+            self._model, self.tokenizer,
+            n_ctx=n_ctx, kv_f16=kv_f16, n_threads=n_threads, settings=settings,
+        )
+        # Async readers wait for their next delta in worker threads; a limiter of their own
+        # keeps many open streams from starving other to_thread users.
+        self._readers = anyio.CapacityLimiter(max_seqs + max_waiting + 8)
 
     # -- information ---------------------------------------------------------------------------
 
@@ -75,7 +96,12 @@ class LLM:
             "head_dtype": native["head_dtype"],
             "chat_template": self.spec.chat_template,
             "n_ctx": self.n_ctx,
+            "scheduler": vars(self._scheduler.settings),
         }
+
+    def stats(self) -> dict[str, int]:
+        """Requests running and waiting now, and KV cache positions in use (for monitoring)."""
+        return self._scheduler.stats()
 
     # -- tokens --------------------------------------------------------------------------------
 
@@ -102,45 +128,31 @@ class LLM:
             )
         return ids
 
-    # -- the forward pass ----------------------------------------------------------------------
-
-    def _prefill(self, ids: list[int]) -> tuple[np.ndarray, int]:
-        """Logits after ``ids``, reusing the longest cached prefix; returns (logits, reused)."""
-        reuse = 0
-        for a, b in zip(self._cached, ids[:-1]):
-            if a != b:
-                break
-            reuse += 1
-        self._session.truncate(reuse)
-        self._cached = self._cached[:reuse]
-        logits = self._session.eval(np.asarray(ids[reuse:], dtype=np.int32), "last")
-        self._cached = list(ids)
-        return logits, reuse
+    # -- whole-text evaluation ------------------------------------------------------------------
 
     def eval_logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits at every position of ``ids`` [n, vocab], from an empty cache (tests, perplexity)."""
         ids = self._prompt_ids(ids)
-        with self._lock:
-            self._session.truncate(0)
-            self._cached = []
-            out = self._session.eval(np.asarray(ids, dtype=np.int32), "all")
-            self._cached = list(ids)
-        return out
+
+        def run(session: Any) -> np.ndarray:
+            session.truncate(0)
+            return session.eval(np.asarray(ids, dtype=np.int32), "all")
+
+        return self._scheduler.call(run)
 
     def embed(self, texts: str | Sequence[str]) -> np.ndarray:
         """Mean-pooled final hidden states, L2-normalized: [len(texts), dim] float32."""
-        batch = [texts] if isinstance(texts, str) else list(texts)
-        rows = []
-        with self._lock:
-            for text in batch:
-                ids = self._prompt_ids(text)
-                self._session.truncate(0)
-                self._cached = []
-                hidden = self._session.eval(np.asarray(ids, dtype=np.int32), "hidden")
-                self._cached = list(ids)
-                v = hidden.mean(axis=0)
+        batch = [self._prompt_ids(t) for t in ([texts] if isinstance(texts, str) else list(texts))]
+
+        def run(session: Any) -> np.ndarray:
+            rows = []
+            for ids in batch:
+                session.truncate(0)
+                v = session.eval(np.asarray(ids, dtype=np.int32), "hidden").mean(axis=0)
                 rows.append(v / max(float(np.linalg.norm(v)), 1e-12))
-        return np.stack(rows).astype(np.float32)
+            return np.stack(rows).astype(np.float32)
+
+        return self._scheduler.call(run)
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -161,9 +173,14 @@ class LLM:
         frequency_penalty: float = 0.0,
         logit_bias: dict[int, float] | None = None,
         ignore_eos: bool = False,
-    ) -> Iterator[Delta]:
+    ) -> Stream:
         """Yield text deltas as they are decoded; the last Delta carries the finish reason and the
-        whole Completion. Closing the iterator stops generation at the next token."""
+        whole Completion. Closing the stream stops generation at the next step."""
+        return Stream(self._scheduler, self._request(prompt, STREAM_BUFFER, locals()))
+
+    def _request(self, prompt: Prompt, buffer: int | None, params: dict[str, Any], submit: bool = True) -> Request:
+        """Check a prompt and its sampling settings, and queue it (unless ``submit`` is false)."""
+        max_tokens, logprobs, stop, seed = params["max_tokens"], params["logprobs"], params["stop"], params["seed"]
         if max_tokens is not None and max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
         if logprobs is not None and not 0 <= logprobs <= 20:
@@ -172,109 +189,49 @@ class LLM:
         if any(not isinstance(s, str) for s in stops):
             raise TypeError("stop must be a string or a list of strings")
         sampler = _core.Sampler(
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            repetition_penalty=repetition_penalty,
-            presence_penalty=presence_penalty,
-            frequency_penalty=frequency_penalty,
-            logit_bias=[(int(t), float(b)) for t, b in (logit_bias or {}).items()],
+            temperature=params["temperature"],
+            top_k=params["top_k"],
+            top_p=params["top_p"],
+            min_p=params["min_p"],
+            repetition_penalty=params["repetition_penalty"],
+            presence_penalty=params["presence_penalty"],
+            frequency_penalty=params["frequency_penalty"],
+            logit_bias=[(int(t), float(b)) for t, b in (params["logit_bias"] or {}).items()],
             seed=int.from_bytes(os.urandom(8), "little") if seed is None else seed & (2**64 - 1),
         )
         ids = self._prompt_ids(prompt)
-        return self._generate(ids, sampler, max_tokens, stops, logprobs, ignore_eos)
-
-    def _generate(
-        self,
-        ids: list[int],
-        sampler: Any,
-        max_tokens: int | None,
-        stops: list[str],
-        logprobs: int | None,
-        ignore_eos: bool,
-    ) -> Iterator[Delta]:
-        with self._lock:
-            start = time.perf_counter()
-            logits, reused = self._prefill(ids)
-            prefill_s = time.perf_counter() - start
-            history = list(ids)
-            generated: list[int] = []
-            decoder = IncrementalDecoder(self.tokenizer)
-            matcher = StopMatcher(stops)
-            text_parts: list[str] = []
-            all_logprobs: list[TokenLogprob] | None = [] if logprobs is not None else None
-            finish = "length"
-            hit = False
-            first_token_s = 0.0
-            budget = self.n_ctx - len(ids) if max_tokens is None else min(max_tokens, self.n_ctx - len(ids))
-            while len(generated) < budget:
-                token, lp, top = sampler.sample(logits, np.asarray(history, dtype=np.int32), logprobs or 0)
-                if not first_token_s:
-                    first_token_s = time.perf_counter() - start
-                if token in self.tokenizer.eos_ids and not ignore_eos:
-                    finish = "stop"
-                    break
-                generated.append(token)
-                history.append(token)
-                piece_lp = self._logprob_entry(token, lp, top) if all_logprobs is not None else None
-                if piece_lp is not None and all_logprobs is not None:
-                    all_logprobs.append(piece_lp)
-                text, hit = matcher.push(decoder.feed(token))
-                text_parts.append(text)
-                if hit:
-                    finish = "stop"
-                    if text:
-                        yield Delta(text, [token], [piece_lp] if piece_lp else None)
-                    break
-                yield Delta(text, [token], [piece_lp] if piece_lp else None)
-                if len(generated) >= budget:
-                    break
-                logits = self._session.eval(np.asarray([token], dtype=np.int32), "last")
-                self._cached.append(token)
-            if not hit:  # release bytes and text held back for UTF-8 and stop strings
-                tail, hit = matcher.push(decoder.flush())
-                tail += "" if hit else matcher.flush()
-                finish = "stop" if hit else finish
-                if tail:
-                    text_parts.append(tail)
-                    yield Delta(tail, [])
-            total = time.perf_counter() - start
-            gen_s = max(total - prefill_s, 1e-9)
-            completion = Completion(
-                text="".join(text_parts),
-                token_ids=generated,
-                finish_reason=finish,
-                usage=Usage(len(ids), len(generated), reused),
-                timings=Timings(
-                    time_to_first_token_s=first_token_s,
-                    prompt_tokens_per_s=(len(ids) - reused) / max(prefill_s, 1e-9),
-                    generation_tokens_per_s=max(len(generated) - 1, 0) / gen_s if len(generated) > 1 else 0.0,
-                    total_s=total,
-                ),
-                logprobs=all_logprobs,
-            )
-            yield Delta("", [], None, finish, completion)
-
-    def _logprob_entry(self, token: int, lp: float, top: list[tuple[int, float]]) -> TokenLogprob:
-        def piece(t: int) -> str:
-            return self.tokenizer.token_bytes(t).decode("utf-8", errors="replace")
-
-        return TokenLogprob(
-            token=piece(token),
-            token_id=token,
-            logprob=lp,
-            bytes=list(self.tokenizer.token_bytes(token)),
-            top=[(piece(t), t, p) for t, p in top],
+        room = self.n_ctx - len(ids)
+        req = Request(
+            ids=ids,
+            sampler=sampler,
+            max_new=room if max_tokens is None else min(max_tokens, room),
+            stops=stops,
+            logprobs=logprobs,
+            ignore_eos=params["ignore_eos"],
+            channel=Channel(buffer),
         )
+        if submit:
+            self._scheduler.submit(req)
+        return req
 
-    def generate(self, prompt: Prompt, **kwargs: Any) -> Completion:
-        """Generate to completion; the same keyword arguments as ``stream``."""
-        completion = None
-        for delta in self.stream(prompt, **kwargs):
-            completion = delta.completion or completion
-        assert completion is not None
-        return completion
+    def generate(self, prompt: Prompt | Sequence[Prompt], **kwargs: Any) -> Any:
+        """Generate to completion; the same keyword arguments as ``stream``. ``prompt`` may be a
+        list of prompts (strings or token lists): they run together, batched, and a list of
+        Completions comes back in the same order."""
+        if isinstance(prompt, str) or not prompt or isinstance(prompt[0], (int, np.integer)):
+            return _collect(self.stream(prompt, **kwargs))
+        params = {**_stream_defaults(), **kwargs}
+        unknown = set(kwargs) - set(_stream_defaults())
+        if unknown:
+            raise TypeError(f"generate() got unexpected keyword arguments: {sorted(unknown)}")
+        reqs = [self._request(p, None, params, submit=False) for p in prompt]
+        self._scheduler.submit(*reqs)
+        streams = [Stream(self._scheduler, r) for r in reqs]
+        try:
+            return [_collect(s) for s in streams]
+        finally:
+            for s in streams:
+                s.close()
 
     # -- chat ----------------------------------------------------------------------------------
 
@@ -299,18 +256,17 @@ class LLM:
     def chat_stream(self, messages: Sequence[Message], **kwargs: Any) -> Iterator[Delta]:
         return self.stream(self._chat_ids(messages), **kwargs)
 
-    # -- async twins: every native call runs in a worker thread, one token at a time --------
+    # -- async twins: a worker thread waits for each delta; the event loop never blocks -------
 
     async def astream(self, prompt: Prompt, **kwargs: Any) -> AsyncIterator[Delta]:
-        import anyio.to_thread
-
-        it = await anyio.to_thread.run_sync(lambda: self.stream(prompt, **kwargs))
-        sentinel = object()
+        stream = await anyio.to_thread.run_sync(lambda: self.stream(prompt, **kwargs))
         try:
-            while (delta := await anyio.to_thread.run_sync(next, it, sentinel)) is not sentinel:
-                yield delta  # type: ignore[misc]
+            while (delta := await anyio.to_thread.run_sync(
+                stream.next_or_none, abandon_on_cancel=True, limiter=self._readers
+            )) is not None:
+                yield delta
         finally:
-            await anyio.to_thread.run_sync(it.close)
+            stream.close()
 
     async def agenerate(self, prompt: Prompt, **kwargs: Any) -> Completion:
         completion = None
@@ -329,14 +285,38 @@ class LLM:
     # -- lifetime ------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Free the KV cache and the weights now rather than at garbage collection."""
-        with self._lock:
-            self._session = None  # type: ignore[assignment]
-            self._model = None  # type: ignore[assignment]
-            self.spec.weights.clear()
+        """Stop the engine (requests still running end with EngineClosedError) and free the KV
+        caches and the weights now rather than at garbage collection."""
+        self._scheduler.close()
+        self._model = None  # type: ignore[assignment]
+        self.spec.weights.clear()
+
+    def __del__(self) -> None:
+        scheduler = getattr(self, "_scheduler", None)
+        if scheduler is not None:
+            scheduler.close()
 
     def __enter__(self) -> LLM:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _stream_defaults() -> dict[str, Any]:
+    """stream()'s keyword arguments and their defaults."""
+    import inspect
+
+    return {
+        name: p.default
+        for name, p in inspect.signature(LLM.stream).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+def _collect(stream: Stream) -> Completion:
+    with stream:
+        for delta in stream:
+            if delta.completion is not None:
+                return delta.completion
+    raise AssertionError("a stream ended without its completion")

@@ -1,0 +1,532 @@
+"""Continuous batching: one engine thread runs every active sequence in one forward step.
+
+Decoding one sequence on a CPU is bound by reading the weights; a step that decodes eight
+sequences reads them once. The engine thread owns a fixed set of slots (a native Session, i.e.
+a KV cache, each). Requests wait in a bounded FIFO queue, take a free slot at a step boundary,
+and have their prompts processed in chunks interleaved with the running decodes, so a long new
+prompt never stalls the streams already running for more than one step.
+
+A slot that finishes keeps its cached tokens: the next request whose prompt shares a prefix
+with any slot continues from there (a prompt prefix cache, bounded by the slots and evicted
+least-recently-used first).
+
+Everything that touches slots runs on the engine thread; other threads only submit, cancel
+and read their request's channel. The channel is bounded, so a slow reader throttles its own
+sequence (it is left out of steps while its channel is full) and never the others or memory.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import threading
+import weakref
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from . import _core
+from .errors import ContextOverflowError, EngineClosedError, QueueFullError
+from .results import Completion, Delta, Timings, TokenLogprob, Usage
+from .stop import StopMatcher
+from .tokenizer import IncrementalDecoder, Tokenizer
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """How much work one engine takes on at a time."""
+
+    max_seqs: int = 8  # sequences decoded together in one step (and KV caches kept)
+    max_batch_tokens: int = 128  # tokens per step: running decodes first, then prompt chunks
+    max_waiting: int = 256  # requests queued beyond max_seqs before QueueFullError
+    kv_budget_tokens: int | None = None  # prompt + max_tokens summed over running requests
+
+    def check(self, n_ctx: int) -> None:
+        for name in ("max_seqs", "max_batch_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_batch_tokens < self.max_seqs:
+            raise ValueError(
+                f"max_batch_tokens ({self.max_batch_tokens}) must be at least max_seqs ({self.max_seqs}): "
+                "every running sequence decodes one token per step"
+            )
+        if self.max_batch_tokens > 8192:
+            raise ValueError(f"max_batch_tokens must be at most 8192, got {self.max_batch_tokens}")
+        if self.max_waiting < 0:
+            raise ValueError(f"max_waiting must be >= 0, got {self.max_waiting}")
+        if self.kv_budget_tokens is not None and self.kv_budget_tokens < 1:
+            raise ValueError(f"kv_budget_tokens must be positive, got {self.kv_budget_tokens}")
+
+
+class Channel:
+    """What the engine thread sends one reader: Deltas, then the end (or an exception)."""
+
+    _END = object()
+
+    def __init__(self, capacity: int | None) -> None:
+        self._items: collections.deque[Any] = collections.deque()
+        self._capacity = capacity
+        self._cv = threading.Condition()
+        self._closed = False
+
+    def room(self) -> bool:
+        """Room for one more step's output (a delta and possibly the final one)."""
+        return self._capacity is None or len(self._items) + 2 <= self._capacity
+
+    def put(self, item: Delta | BaseException) -> None:
+        with self._cv:
+            self._items.append(item)
+            self._cv.notify()
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+    def get(self) -> Delta | BaseException | None:
+        """The next item; None once the channel is closed and drained."""
+        with self._cv:
+            while not self._items and not self._closed:
+                self._cv.wait()
+            return self._items.popleft() if self._items else None
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation: its prompt and rules, its slot and progress (engine thread only), and
+    the channel its reader takes Deltas from."""
+
+    ids: list[int]
+    sampler: Any  # _core.Sampler, seeded per request
+    max_new: int
+    stops: list[str]
+    logprobs: int | None
+    ignore_eos: bool
+    channel: Channel
+    cancelled: bool = False
+    # Engine-side state.
+    slot: Slot | None = None
+    done: int = 0  # prompt tokens whose keys and values are in the slot
+    reused: int = 0
+    pending: int | None = None  # the sampled token not yet run through the model
+    generated: list[int] = field(default_factory=list)
+    text_parts: list[str] = field(default_factory=list)
+    token_logprobs: list[TokenLogprob] | None = None
+    decoder: IncrementalDecoder | None = None
+    matcher: StopMatcher | None = None
+    t_submit: float = 0.0
+    t_admit: float = 0.0
+    t_prompt_done: float = 0.0
+    t_first: float = 0.0
+
+    @property
+    def reservation(self) -> int:
+        return len(self.ids) + self.max_new
+
+
+@dataclass(eq=False)
+class Slot:
+    session: Any  # _core.Session
+    tokens: list[int] = field(default_factory=list)  # what its KV cache holds, position by position
+    busy: bool = False
+    last_used: float = 0.0
+
+
+def logprob_entry(tokenizer: Tokenizer, token: int, lp: float, top: list[tuple[int, float]]) -> TokenLogprob:
+    def piece(t: int) -> str:
+        return tokenizer.token_bytes(t).decode("utf-8", errors="replace")
+
+    return TokenLogprob(
+        token=piece(token),
+        token_id=token,
+        logprob=lp,
+        bytes=list(tokenizer.token_bytes(token)),
+        top=[(piece(t), t, p) for t, p in top],
+    )
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class Scheduler:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Tokenizer,
+        *,
+        n_ctx: int,
+        kv_f16: bool,
+        n_threads: int | None,
+        settings: SchedulerSettings,
+    ) -> None:
+        settings.check(n_ctx)
+        self.settings = settings
+        self.n_ctx = n_ctx
+        self._model = model
+        self._tokenizer = tokenizer
+        self._n_threads = n_threads
+        self._slots = [Slot(_core.Session(model, n_ctx, kv_f16, n_threads)) for _ in range(settings.max_seqs)]
+        self._kv_f16 = kv_f16
+        self._aux: Any = None  # a session for whole-text evaluations (perplexity, embeddings)
+        self._cv = threading.Condition()
+        self._waiting: collections.deque[Request] = collections.deque()
+        self._running: list[Request] = []
+        self._jobs: collections.deque[tuple[Callable[[], Any], list[Any], threading.Event]] = collections.deque()
+        self._closed = False
+        # Counters since start, for monitoring and for tests that check batching happened.
+        self._counters = {"steps": 0, "tokens_evaluated": 0, "prompt_tokens_evaluated": 0, "peak_batch_seqs": 0}
+        self._thread = threading.Thread(target=self._loop, name="tritlm-engine", daemon=True)
+        self._thread.start()
+        _live.add(self)
+
+    # -- called from any thread ----------------------------------------------------------------
+
+    def submit(self, *reqs: Request) -> None:
+        """Queue requests, all or none (they then start in the same step)."""
+        for req in reqs:
+            if req.reservation > self.n_ctx:
+                raise ContextOverflowError(
+                    f"prompt of {len(req.ids)} tokens plus {req.max_new} new tokens does not fit the context "
+                    f"of {self.n_ctx} tokens"
+                )
+            req.t_submit = time.perf_counter()
+        with self._cv:
+            if self._closed:
+                raise EngineClosedError("the model is closed")
+            # Requests the free slots will take at the next step boundary do not count as waiting.
+            if len(self._waiting) + len(reqs) - self._free_slots() > self.settings.max_waiting:
+                raise QueueFullError(
+                    f"{len(self._waiting)} requests are already waiting (max_waiting={self.settings.max_waiting})",
+                    retry_after=self._retry_after(),
+                )
+            self._waiting.extend(reqs)
+            self._cv.notify()
+
+    def cancel(self, req: Request) -> None:
+        """Stop a request at the next step boundary and free its slot."""
+        with self._cv:
+            req.cancelled = True
+            self._cv.notify()
+
+    def wake(self) -> None:
+        """A reader made room in its channel: a throttled sequence may step again."""
+        with self._cv:
+            self._cv.notify()
+
+    def call(self, fn: Callable[[Any], T]) -> T:
+        """Run fn(aux_session) on the engine thread between steps, for whole-text evaluations
+        that need a cache of their own; returns its result or raises its exception."""
+        box: list[Any] = []
+        done = threading.Event()
+        with self._cv:
+            if self._closed:
+                raise EngineClosedError("the model is closed")
+            self._jobs.append((lambda: fn(self._aux_session()), box, done))
+            self._cv.notify()
+        done.wait()
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0]
+
+    def stats(self) -> dict[str, int]:
+        """Requests running and waiting, KV cache positions in use (by running requests) and
+        cached (by all slots) out of the capacity, and step and token counters."""
+        with self._cv:
+            return {
+                "running": len(self._running),
+                "waiting": len(self._waiting),
+                "kv_tokens_used": sum(len(s.tokens) for s in self._slots if s.busy),
+                "kv_tokens_cached": sum(len(s.tokens) for s in self._slots),
+                "kv_tokens_capacity": self.n_ctx * len(self._slots),
+                **self._counters,
+            }
+
+    def close(self) -> None:
+        with self._cv:
+            if self._closed:
+                return
+            self._closed = True
+            self._cv.notify()
+        self._thread.join()
+
+    # -- the engine thread ---------------------------------------------------------------------
+
+    def _free_slots(self) -> int:
+        return sum(not s.busy for s in self._slots)
+
+    def _retry_after(self) -> int:
+        """Seconds a client should wait: roughly one queue's worth of short requests."""
+        return max(1, len(self._waiting) // max(1, self.settings.max_seqs))
+
+    def _aux_session(self) -> Any:
+        if self._aux is None:
+            self._aux = _core.Session(self._model, self.n_ctx, self._kv_f16, self._n_threads)
+        return self._aux
+
+    def _runnable(self) -> bool:
+        if any(r.cancelled for r in self._running):
+            return True
+        if self._waiting and (self._free_slots() or any(r.cancelled for r in self._waiting)):
+            return True
+        return any(r.pending is None or r.channel.room() for r in self._running)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._closed or self._jobs or self._runnable()):
+                    self._cv.wait()
+                if self._closed:
+                    break
+                jobs = list(self._jobs)
+                self._jobs.clear()
+                self._drop_cancelled()
+                admitted = self._admit()
+            for fn, box, done in jobs:
+                try:
+                    box.append(fn())
+                except BaseException as e:  # noqa: BLE001 - handed to the caller
+                    box.append(e)
+                done.set()
+            for req in admitted:
+                self._place(req)
+            self._step()
+        self._shutdown()
+
+    def _drop_cancelled(self) -> None:
+        for req in [r for r in self._waiting if r.cancelled]:
+            self._waiting.remove(req)
+            req.channel.close()
+        for req in [r for r in self._running if r.cancelled]:
+            self._release(req)
+
+    def _admit(self) -> list[Request]:
+        """Move waiting requests into free slots while the KV budget allows (FIFO)."""
+        admitted = []
+        budget = self.settings.kv_budget_tokens
+        reserved = sum(r.reservation for r in self._running)
+        while self._waiting and self._free_slots() > len(admitted):
+            req = self._waiting[0]
+            if budget is not None and self._running and reserved + req.reservation > budget:
+                break
+            self._waiting.popleft()
+            reserved += req.reservation
+            self._running.append(req)
+            admitted.append(req)
+        return admitted
+
+    def _place(self, req: Request) -> None:
+        """Give a request the free slot that already holds the longest prefix of its prompt,
+        or copy that prefix from whichever slot holds it (busy ones included)."""
+        prompt = req.ids[:-1]  # the last prompt token always runs, to produce logits
+        free = [s for s in self._slots if not s.busy]
+        target = max(free, key=lambda s: (common_prefix(s.tokens, prompt), -s.last_used))
+        keep = common_prefix(target.tokens, prompt)
+        source = max(self._slots, key=lambda s: common_prefix(s.tokens, prompt))
+        best = common_prefix(source.tokens, prompt)
+        if best > keep:
+            target.session.copy_prefix(source.session, best)
+            target.tokens = source.tokens[:best]
+            keep = best
+        else:
+            target.session.truncate(keep)
+            del target.tokens[keep:]
+        target.busy = True
+        req.slot, req.done, req.reused = target, keep, keep
+        req.t_admit = time.perf_counter()
+        req.decoder = IncrementalDecoder(self._tokenizer)
+        req.matcher = StopMatcher(req.stops)
+        req.token_logprobs = [] if req.logprobs is not None else None
+
+    def _release(self, req: Request) -> None:
+        if req in self._running:
+            self._running.remove(req)
+        if req.slot is not None:
+            req.slot.busy = False
+            req.slot.last_used = time.perf_counter()
+            req.slot = None
+        req.channel.close()
+
+    def _plan(self) -> list[tuple[Request, list[int]]]:
+        """This step's tokens: one for each decoding sequence whose reader keeps up, then chunks
+        of waiting prompts, oldest first, up to max_batch_tokens."""
+        plan: list[tuple[Request, list[int]]] = []
+        budget = self.settings.max_batch_tokens
+        for req in self._running:
+            if req.pending is not None and req.channel.room():
+                plan.append((req, [req.pending]))
+                budget -= 1
+        for req in self._running:
+            if req.pending is None and req.done < len(req.ids) and budget > 0:
+                chunk = req.ids[req.done : req.done + budget]
+                plan.append((req, chunk))
+                budget -= len(chunk)
+        return plan
+
+    def _step(self) -> None:
+        plan = self._plan()
+        if not plan:
+            return
+        try:
+            logits = _core.eval_batch([r.slot.session for r, _ in plan], [np.asarray(t, np.int32) for _, t in plan],
+                                      self._n_threads)
+        except BaseException as e:  # noqa: BLE001 - an engine fault ends only the requests in this step
+            for req, _ in plan:
+                req.channel.put(e)
+                self._release(req)
+            return
+        now = time.perf_counter()
+        c = self._counters
+        c["steps"] += 1
+        c["tokens_evaluated"] += sum(len(t) for _, t in plan)
+        c["prompt_tokens_evaluated"] += sum(len(t) for r, t in plan if r.pending is None)
+        c["peak_batch_seqs"] = max(c["peak_batch_seqs"], len(plan))
+        for (req, tokens), row in zip(plan, logits):
+            assert req.slot is not None
+            req.slot.tokens.extend(tokens)
+            if req.pending is None:
+                req.done += len(tokens)
+                if req.done < len(req.ids):
+                    continue  # more prompt to go: no token to sample yet
+                req.t_prompt_done = now
+            self._advance(req, row)
+
+    def _advance(self, req: Request, logits: np.ndarray) -> None:
+        """Sample the next token of a request and send its text; finish it when it is done."""
+        assert req.decoder is not None and req.matcher is not None
+        history = np.asarray(req.ids + req.generated, dtype=np.int32)
+        token, lp, top = req.sampler.sample(logits, history, req.logprobs or 0)
+        if not req.t_first:
+            req.t_first = time.perf_counter()
+        if token in self._tokenizer.eos_ids and not req.ignore_eos:
+            self._finish(req, "stop")
+            return
+        req.generated.append(token)
+        entry = logprob_entry(self._tokenizer, token, lp, top) if req.token_logprobs is not None else None
+        if entry is not None and req.token_logprobs is not None:
+            req.token_logprobs.append(entry)
+        text, hit = req.matcher.push(req.decoder.feed(token))
+        req.text_parts.append(text)
+        if text or not hit:
+            req.channel.put(Delta(text, [token], [entry] if entry else None))
+        if hit:
+            self._finish(req, "stop", flushed=True)
+        elif len(req.generated) >= req.max_new:
+            self._finish(req, "length")
+        else:
+            req.pending = token
+
+    def _finish(self, req: Request, reason: str, flushed: bool = False) -> None:
+        assert req.decoder is not None and req.matcher is not None
+        if not flushed:  # release bytes and text held back for UTF-8 and stop strings
+            tail, hit = req.matcher.push(req.decoder.flush())
+            tail += "" if hit else req.matcher.flush()
+            reason = "stop" if hit else reason
+            if tail:
+                req.text_parts.append(tail)
+                req.channel.put(Delta(tail, []))
+        end = time.perf_counter()
+        prompt_s = max(req.t_prompt_done - req.t_admit, 1e-9)
+        gen_s = max(end - req.t_prompt_done, 1e-9)
+        n = len(req.generated)
+        completion = Completion(
+            text="".join(req.text_parts),
+            token_ids=list(req.generated),
+            finish_reason=reason,
+            usage=Usage(len(req.ids), n, req.reused),
+            timings=Timings(
+                time_to_first_token_s=req.t_first - req.t_submit,
+                prompt_tokens_per_s=(len(req.ids) - req.reused) / prompt_s,
+                generation_tokens_per_s=(n - 1) / gen_s if n > 1 else 0.0,
+                total_s=end - req.t_submit,
+            ),
+            logprobs=req.token_logprobs,
+        )
+        req.channel.put(Delta("", [], None, reason, completion))
+        self._release(req)
+
+    def _shutdown(self) -> None:
+        with self._cv:
+            for req in list(self._waiting) + list(self._running):
+                req.channel.put(EngineClosedError("the model was closed while this request ran"))
+                req.channel.close()
+            self._waiting.clear()
+            self._running.clear()
+            jobs = list(self._jobs)
+            self._jobs.clear()
+        for _, box, done in jobs:
+            box.append(EngineClosedError("the model is closed"))
+            done.set()
+
+
+# Engines still running at interpreter exit are stopped first, so no engine thread is inside
+# native code (or holding the model) while the interpreter tears down.
+_live: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for scheduler in list(_live):
+        scheduler.close()
+
+
+class Stream(Iterator[Delta]):
+    """The Deltas of one request. Closing it (or dropping it) cancels the request, which frees
+    its slot at the next step boundary."""
+
+    def __init__(self, scheduler: Scheduler, req: Request) -> None:
+        self._scheduler = scheduler
+        self._req = req
+        self._finished = False
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> Delta:
+        item = self.next_or_none()
+        if item is None:
+            raise StopIteration
+        return item
+
+    def next_or_none(self) -> Delta | None:
+        """The next Delta, or None at the end (for callers that cannot catch StopIteration
+        across a thread hop)."""
+        if self._finished:
+            return None
+        item = self._req.channel.get()
+        self._scheduler.wake()
+        if item is None:
+            self._finished = True
+            if self._req.cancelled:
+                return None
+            raise EngineClosedError("the request ended without a result")
+        if isinstance(item, BaseException):
+            self._finished = True
+            raise item
+        if item.completion is not None:
+            self._finished = True
+        return item
+
+    def close(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self._scheduler.cancel(self._req)
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()

@@ -1,0 +1,165 @@
+"""Continuous batching and the prompt prefix cache, through the public API: batched greedy
+outputs equal one-at-a-time outputs, cancellation leaves the other sequences untouched, cached
+prefixes are reused exactly, and admission control and backpressure hold."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import model_factory as mf  # noqa: E402
+
+import tritlm  # noqa: E402
+from tritlm.errors import EngineClosedError, QueueFullError  # noqa: E402
+
+PROMPTS = [
+    "In the beginning",
+    "The cat sat on the mat; the dog ran after the ball and the bird flew over the house",
+    "x",
+    "Numbers: 1 2 3 4 5 6 7 8 9 10 11 12",
+    "A much longer prompt. " * 12,
+    "Hello there",
+    "Once upon a time, in a land far away",
+    "Q: what is two plus two? A:",
+]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory):
+    return mf.build_master(tmp_path_factory.mktemp("model"), dtype="bfloat16", seed=3)
+
+
+@pytest.fixture(scope="module")
+def llm(folder) -> tritlm.LLM:
+    return tritlm.LLM(folder, n_ctx=256, max_seqs=8, max_batch_tokens=64)
+
+
+def _kwargs(i: int, llm: tritlm.LLM) -> dict:
+    """Different lengths and stop conditions per prompt: some end on max_tokens, some on a stop
+    string taken from their own greedy output, some on end-of-sequence."""
+    kw: dict = {"max_tokens": 6 + 3 * i, "temperature": 0}
+    if i % 3 == 0:
+        kw["ignore_eos"] = True
+    if i % 3 == 1:
+        full = llm.generate(PROMPTS[i], max_tokens=kw["max_tokens"], temperature=0, ignore_eos=True).text
+        kw["stop"] = [full[len(full) // 2 : len(full) // 2 + 2] or "zz"]
+        kw["ignore_eos"] = True
+    return kw
+
+
+def test_batched_greedy_equals_one_at_a_time(folder, llm: tritlm.LLM) -> None:
+    alone = tritlm.LLM(folder, n_ctx=256, max_seqs=1)
+    kwargs = [_kwargs(i, llm) for i in range(len(PROMPTS))]
+    want = [alone.generate(p, **kw) for p, kw in zip(PROMPTS, kwargs)]
+    for n in range(1, len(PROMPTS) + 1):
+        before = llm.stats()["steps"]
+        results: list = [None] * n
+
+        def run(i: int) -> None:
+            results[i] = llm.generate(PROMPTS[i], **kwargs[i])
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for got, exp in zip(results, want):
+            assert got.token_ids == exp.token_ids and got.text == exp.text and got.finish_reason == exp.finish_reason
+        assert llm.stats()["steps"] > before
+    assert llm.stats()["peak_batch_seqs"] > 1  # threads calling at once were stepped together
+    alone.close()
+
+
+def test_generate_with_a_list_batches(llm: tritlm.LLM) -> None:
+    before = llm.stats()
+    outs = llm.generate(PROMPTS[:4], max_tokens=10, temperature=0, ignore_eos=True)
+    after = llm.stats()
+    assert [o.token_ids for o in outs] == [
+        llm.generate(p, max_tokens=10, temperature=0, ignore_eos=True).token_ids for p in PROMPTS[:4]
+    ]
+    # 40 generated tokens took fewer steps than 40: the four sequences decoded together.
+    assert after["steps"] - before["steps"] < 20
+
+
+def test_cancelling_one_stream_leaves_the_others_unchanged(llm: tritlm.LLM) -> None:
+    want = [llm.generate(p, max_tokens=20, temperature=0, ignore_eos=True).token_ids for p in PROMPTS[:3]]
+    streams = [llm.stream(p, max_tokens=20, temperature=0, ignore_eos=True) for p in PROMPTS[:3]]
+    next(streams[1])
+    streams[1].close()
+    got = []
+    for s in (streams[0], streams[2]):
+        final = [d for d in s][-1]
+        got.append(final.completion.token_ids)
+    assert got == [want[0], want[2]]
+    deadline = time.monotonic() + 5
+    while llm.stats()["running"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert llm.stats()["running"] == 0  # the cancelled sequence's slot was freed
+
+
+def test_second_chat_turn_processes_only_new_tokens(folder) -> None:
+    llm = tritlm.LLM(folder, n_ctx=512, max_seqs=2)
+    history = [{"role": "system", "content": "You answer briefly. " * 20}, {"role": "user", "content": "Hi there"}]
+    first = llm.chat(history, max_tokens=8, temperature=0, ignore_eos=True)
+    history += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And then?"}]
+    before = llm.stats()["prompt_tokens_evaluated"]
+    second = llm.chat(history, max_tokens=8, temperature=0, ignore_eos=True)
+    evaluated = llm.stats()["prompt_tokens_evaluated"] - before
+    assert second.usage.cached_tokens >= first.usage.prompt_tokens
+    assert evaluated == second.usage.prompt_tokens - second.usage.cached_tokens
+    fresh = tritlm.LLM(folder, n_ctx=512, max_seqs=1)
+    assert fresh.chat(history, max_tokens=8, temperature=0, ignore_eos=True).token_ids == second.token_ids
+    fresh.close()
+    llm.close()
+
+
+def test_a_shared_prefix_is_copied_from_a_busy_slot(llm: tritlm.LLM) -> None:
+    system = "Shared system prompt with many words in it. " * 6
+    busy = llm.stream(system + "first question", max_tokens=50, temperature=0, ignore_eos=True)
+    next(busy)  # its prompt is in a slot, and the slot is busy
+    out = llm.generate(system + "second question", max_tokens=4, temperature=0, ignore_eos=True)
+    busy.close()
+    assert out.usage.cached_tokens >= len(llm.tokenize(system)) - 2
+    cold = tritlm.LLM(llm.spec.path, n_ctx=256, max_seqs=1)
+    assert cold.generate(system + "second question", max_tokens=4, temperature=0, ignore_eos=True).token_ids == out.token_ids
+    cold.close()
+
+
+def test_queue_full_and_backpressure(folder) -> None:
+    llm = tritlm.LLM(folder, n_ctx=256, max_seqs=1, max_waiting=0)
+    slow = llm.stream(PROMPTS[0], max_tokens=200, temperature=0, ignore_eos=True)
+    next(slow)
+    time.sleep(0.5)
+    # The unread stream is paused once its buffer is full, rather than running to the end.
+    used = llm.stats()["kv_tokens_used"]
+    assert used <= len(llm.tokenize(PROMPTS[0])) + tritlm.llm.STREAM_BUFFER + 3
+    with pytest.raises(QueueFullError, match="max_waiting=0") as e:
+        llm.generate("another", max_tokens=2)
+    assert e.value.retry_after >= 1
+    assert len([d for d in slow][-1].completion.token_ids) == 200  # reading resumes it
+    assert llm.generate("another", max_tokens=2, temperature=0).usage.completion_tokens <= 2
+    llm.close()
+
+
+def test_close_ends_running_streams_with_a_clear_error(folder) -> None:
+    llm = tritlm.LLM(folder, n_ctx=256, max_seqs=1)
+    s = llm.stream(PROMPTS[1], max_tokens=200, temperature=0, ignore_eos=True)
+    next(s)
+    llm.close()
+    with pytest.raises(EngineClosedError):
+        for _ in s:
+            pass
+    with pytest.raises(EngineClosedError):
+        llm.generate("x", max_tokens=1)
+
+
+def test_bad_scheduler_settings_name_the_field(folder) -> None:
+    with pytest.raises(ValueError, match="max_seqs must be at least 1"):
+        tritlm.LLM(folder, max_seqs=0)
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        tritlm.LLM(folder, max_seqs=8, max_batch_tokens=4)
