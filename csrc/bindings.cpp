@@ -86,7 +86,7 @@ NB_MODULE(_core, m) {
           "codes",
           [](const PackedWeights& w) {
             return nb::ndarray<nb::numpy, const uint8_t, nb::ndim<2>>(
-                w.codes.data(), {static_cast<size_t>(w.n), static_cast<size_t>(w.row_bytes())}, nb::handle());
+                w.code_data(), {static_cast<size_t>(w.n), static_cast<size_t>(w.row_bytes())}, nb::handle());
           },
           nb::rv_policy::reference_internal)
       .def_prop_ro(
@@ -206,7 +206,22 @@ NB_MODULE(_core, m) {
 
   def_repack(m, "repack_tq2_0", repack_tq2_0, "GGUF TQ2_0 tensor data -> ternary weights.");
   def_repack(m, "repack_tq1_0", repack_tq1_0, "GGUF TQ1_0 tensor data -> ternary weights.");
-  def_repack(m, "repack_i2_s", repack_i2_s, "bitnet.cpp I2_S tensor data -> ternary weights.");
+  m.def(
+      "repack_i2_s",
+      [](const Input& data, int64_t n, int64_t k, std::optional<int> n_threads, bool in_place) {
+        const auto [p, size] = bytes_of(data);
+        const int threads = resolve_threads(n_threads);
+        std::shared_ptr<const void> owner;
+        if (in_place)  // a reference to the array keeps its memory (say, a file mapping) alive
+          owner = std::shared_ptr<const void>(new Input(data), [](const void* a) {
+            nb::gil_scoped_acquire gil;
+            delete static_cast<const Input*>(a);
+          });
+        nb::gil_scoped_release release;
+        return repack_i2_s(p, size, n, k, threads, std::move(owner));
+      },
+      "data"_a, "n"_a, "k"_a, "n_threads"_a = nb::none(), "in_place"_a = false,
+      "bitnet.cpp I2_S tensor data -> ternary weights; in_place views the codes instead of copying.");
   def_repack(m, "repack_q1_0", repack_q1_0, "GGUF Q1_0 tensor data -> binary weights.");
 
   m.def(

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "kernels/kernels.h"
@@ -11,14 +12,19 @@ namespace tritlm {
 struct PackedWeights {
   kernels::Format format = kernels::Format::kTernary;
   int64_t n = 0, k = 0, group_blocks = 0;
-  std::vector<uint8_t> codes;  // n * row_bytes(format, k)
+  std::vector<uint8_t> codes;  // n * row_bytes(format, k), unless the codes are borrowed
   std::vector<float> scales;   // n * groups()
+  // Codes already in the run-time layout in memory someone else owns (a memory-mapped I2_S
+  // tensor), viewed rather than copied; `owner` keeps that memory alive.
+  const uint8_t* borrowed = nullptr;
+  std::shared_ptr<const void> owner;
 
+  const uint8_t* code_data() const { return borrowed ? borrowed : codes.data(); }
   int64_t groups() const { return k / (group_blocks * kernels::kBlock); }
   int64_t row_bytes() const { return kernels::row_bytes(format, k); }
-  int64_t nbytes() const { return static_cast<int64_t>(codes.size() + scales.size() * sizeof(float)); }
+  int64_t nbytes() const { return n * row_bytes() + static_cast<int64_t>(scales.size() * sizeof(float)); }
   kernels::WeightView view() const {
-    return {format, codes.data(), scales.data(), n, k, group_blocks};
+    return {format, code_data(), scales.data(), n, k, group_blocks};
   }
 };
 

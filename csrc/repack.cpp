@@ -1,5 +1,6 @@
 #include "repack.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -189,27 +190,58 @@ PackedWeights repack_tq1_0(const uint8_t* data, size_t size, int64_t n, int64_t 
 }
 
 // I2_S: n*k/4 bytes in tritlm's ternary layout exactly, then a 32-byte tail whose first four
-// bytes are the f32 tensor scale.
-PackedWeights repack_i2_s(const uint8_t* data, size_t size, int64_t n, int64_t k, int n_threads) {
+// bytes are the f32 tensor scale. With an owner, the codes are checked and then viewed in place
+// (a memory-mapped file needs no second copy); without one they are copied.
+PackedWeights repack_i2_s(const uint8_t* data, size_t size, int64_t n, int64_t k, int n_threads,
+                          std::shared_ptr<const void> owner) {
   check_shape("i2_s", n, k, kBlock);
   const int64_t packed = n * k / 4;
   check_size("i2_s", size, static_cast<size_t>(packed + 32));
   const float scale = read_f32(data + packed);
-  return build("i2_s", Format::kTernary, n, k, k / kBlock,
-               [&](int64_t r, int8_t* values, float* scales) -> std::string {
-                 const uint8_t* src = data + r * (k / 4);
-                 for (int64_t b = 0; b < k / kBlock; ++b)
-                   for (int j = 0; j < 32; ++j)
-                     for (int i = 0; i < 4; ++i) {
-                       const int code = (src[b * 32 + j] >> (6 - 2 * i)) & 3;
-                       const int64_t col = b * kBlock + 32 * i + j;
-                       if (code == 3) return bad_code(col);
-                       values[col] = static_cast<int8_t>(code - 1);
-                     }
-                 scales[0] = scale;
-                 return {};
-               },
-               n_threads);
+  if (!owner)
+    return build("i2_s", Format::kTernary, n, k, k / kBlock,
+                 [&](int64_t r, int8_t* values, float* scales) -> std::string {
+                   const uint8_t* src = data + r * (k / 4);
+                   for (int64_t b = 0; b < k / kBlock; ++b)
+                     for (int j = 0; j < 32; ++j)
+                       for (int i = 0; i < 4; ++i) {
+                         const int code = (src[b * 32 + j] >> (6 - 2 * i)) & 3;
+                         const int64_t col = b * kBlock + 32 * i + j;
+                         if (code == 3) return bad_code(col);
+                         values[col] = static_cast<int8_t>(code - 1);
+                       }
+                     scales[0] = scale;
+                   return {};
+                 },
+                 n_threads);
+  if (!std::isfinite(scale)) throw std::invalid_argument("i2_s: the tensor scale is not finite");
+  // Code 3 (both bits of a field set) is the one invalid value; find the first, in parallel.
+  std::atomic<int64_t> first_bad{packed};
+  constexpr int64_t kBytesPerTask = 1 << 20;
+  ThreadPool::instance().run((packed + kBytesPerTask - 1) / kBytesPerTask, n_threads, [&](int64_t task) {
+    for (int64_t i = task * kBytesPerTask; i < std::min(packed, (task + 1) * kBytesPerTask); ++i)
+      if (data[i] & (data[i] >> 1) & 0x55) {
+        int64_t seen = first_bad.load();
+        while (i < seen && !first_bad.compare_exchange_weak(seen, i)) {
+        }
+        return;
+      }
+  });
+  if (first_bad.load() < packed) {
+    const int64_t i = first_bad.load(), r = i / (k / 4), j = i % (k / 4) % 32, b = i % (k / 4) / 32;
+    int field = 0;
+    while (((data[i] >> (6 - 2 * field)) & 3) != 3) ++field;
+    throw std::invalid_argument("i2_s: row " + str(r) + ": " + bad_code(b * kBlock + 32 * field + j));
+  }
+  PackedWeights w;
+  w.format = Format::kTernary;
+  w.n = n;
+  w.k = k;
+  w.group_blocks = k / kBlock;
+  w.scales.assign(n, scale);
+  w.borrowed = data;
+  w.owner = std::move(owner);
+  return w;
 }
 
 // Q1_0: 128-weight blocks of fp16 d then qs[16]; weight j is bit j % 8 of byte j / 8, 1 -> +d.
@@ -253,7 +285,7 @@ PackedWeights repack_hf_packed(const uint8_t* packed, int64_t packed_rows, int64
 void unpack(const PackedWeights& w, int8_t* values, float* scales) {
   for (int64_t r = 0; r < w.n; ++r)
     for (int64_t i = 0; i < w.k; ++i)
-      values[r * w.k + i] = static_cast<int8_t>(kernels::weight_at(w.format, w.codes.data() + r * w.row_bytes(), i));
+      values[r * w.k + i] = static_cast<int8_t>(kernels::weight_at(w.format, w.code_data() + r * w.row_bytes(), i));
   std::memcpy(scales, w.scales.data(), w.scales.size() * sizeof(float));
 }
 

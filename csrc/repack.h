@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 #include "packed.h"
 
@@ -18,7 +19,8 @@ PackedWeights pack_int8(kernels::Format format, const int8_t* w, int64_t n, int6
 // Raw GGUF tensor data of a weight of n rows and k columns.
 PackedWeights repack_tq2_0(const uint8_t* data, size_t size, int64_t n, int64_t k, int n_threads);
 PackedWeights repack_tq1_0(const uint8_t* data, size_t size, int64_t n, int64_t k, int n_threads);
-PackedWeights repack_i2_s(const uint8_t* data, size_t size, int64_t n, int64_t k, int n_threads);
+PackedWeights repack_i2_s(const uint8_t* data, size_t size, int64_t n, int64_t k, int n_threads,
+                          std::shared_ptr<const void> owner = nullptr);
 PackedWeights repack_q1_0(const uint8_t* data, size_t size, int64_t n, int64_t k, int n_threads);
 
 // Hugging Face's packed uint8 layout of BitNet b1.58: packed[packed_rows, k] holds rows

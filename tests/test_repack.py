@@ -271,6 +271,17 @@ def test_repack_i2_s(n, k):
         pw = kernels.repack_i2_s(arg, n, k)
         check_packed(pw, "ternary", w_ref, s_ref, k)  # per-tensor scale: one group per row
     check_matmul(pw, w_ref, s_ref, rng)
+    viewed = kernels.repack_i2_s(data.copy(), n, k, in_place=True)  # only `viewed` holds the copy
+    check_packed(viewed, "ternary", w_ref, s_ref, k)
+    check_matmul(viewed, w_ref, s_ref, rng)
+
+
+def test_i2_s_in_place_views_the_caller_memory():
+    n, k = 4, 256
+    data = F.encode_i2_s(np.ones((n, k), np.int8), 0.5)
+    pw = kernels.repack_i2_s(data, n, k, in_place=True)
+    assert np.shares_memory(pw.codes, data)
+    assert pw.nbytes == n * k // 4 + 4 * n
 
 
 def test_i2_s_golden_bytes():
@@ -536,6 +547,16 @@ def test_i2_s_bad_input():
     bad[100] = 0xFF  # four code-3 fields
     with pytest.raises(ValueError, match=r"(?i)code|3|invalid"):
         kernels.repack_i2_s(bad, n, k)
+    bad = data.copy()
+    bad[160 + 37] = 0b00_11_00_00  # row 1, byte 37 = block 1, j 5: field 1 -> column 128 + 32 + 5
+    with pytest.raises(ValueError, match="i2_s: row 1: invalid 2-bit code 3 at column 165"):
+        kernels.repack_i2_s(bad, n, k, in_place=True)
+    with pytest.raises(ValueError, match="i2_s: row 1: invalid 2-bit code 3 at column 165"):
+        kernels.repack_i2_s(bad, n, k)
+    nan = data.copy()
+    nan[n * k // 4 : n * k // 4 + 4] = np.frombuffer(np.float32(np.nan).tobytes(), np.uint8)
+    with pytest.raises(ValueError, match="not finite"):
+        kernels.repack_i2_s(nan, n, k, in_place=True)
 
 
 def test_q1_0_bad_input():

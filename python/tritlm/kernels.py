@@ -99,9 +99,13 @@ def repack_tq1_0(data: Buffer, n: int, k: int, *, n_threads: int | None = None) 
     return _core.repack_tq1_0(_bytes(data), n, k, n_threads)
 
 
-def repack_i2_s(data: Buffer, n: int, k: int, *, n_threads: int | None = None) -> PackedWeights:
-    """bitnet.cpp I2_S tensor data (n*k/4 code bytes, then a 32-byte tail holding the f32 scale)."""
-    return _core.repack_i2_s(_bytes(data), n, k, n_threads)
+def repack_i2_s(data: Buffer, n: int, k: int, *, n_threads: int | None = None, in_place: bool = False) -> PackedWeights:
+    """bitnet.cpp I2_S tensor data (n*k/4 code bytes, then a 32-byte tail holding the f32 scale).
+
+    I2_S codes are tritlm's run-time layout byte for byte, so ``in_place=True`` checks them and
+    then uses ``data``'s memory directly (keeping it alive): a memory-mapped file is not copied,
+    and loading needs no second copy of the weights."""
+    return _core.repack_i2_s(_bytes(data), n, k, n_threads, in_place)
 
 
 def repack_q1_0(data: Buffer, n: int, k: int, *, n_threads: int | None = None) -> PackedWeights:

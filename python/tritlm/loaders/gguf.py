@@ -309,7 +309,9 @@ class GGUFFile:
         return np.frombuffer(self._map, dtype=np.uint8, count=t.nbytes, offset=t.offset)
 
     def dense(self, t: GGUFTensor, *, keep_f16: bool = False) -> np.ndarray:
-        """The tensor dequantized to a float32 (or, with keep_f16, float16 for F16) array in numpy order."""
+        """The tensor dequantized to a float32 array in numpy order; with keep_f16 an F16 tensor
+        stays float16 and is a read-only view into the map (the embedding and head are the
+        largest tensors: viewing them keeps loading free of a second copy)."""
         from gguf import GGMLQuantizationType, quants
 
         raw = self.raw(t)
@@ -318,7 +320,7 @@ class GGUFFile:
             return raw.view("<f4").reshape(shape).astype(np.float32)  # astype copies
         if t.type_id == GGMLQuantizationType.F16:
             a = raw.view("<f2").reshape(shape)
-            return a.copy() if keep_f16 else a.astype(np.float32)
+            return a if keep_f16 else a.astype(np.float32)
         if t.type_id == GGMLQuantizationType.BF16:
             # bfloat16 is the top half of a float32: widen the bits (exact).
             return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32).reshape(shape)
@@ -545,7 +547,8 @@ class _Loader:
                 if idx is not None:
                     codes = data[: n * k // 4].reshape(n, k // 4)[idx].reshape(-1)
                     data = np.concatenate([codes, data[n * k // 4:]])
-                return kernels.repack_i2_s(data, n, k)
+                # Viewed in the mapping, not copied: the file's pages are the weights.
+                return kernels.repack_i2_s(data, n, k, in_place=True)
         except ValueError as e:  # invalid codes (e.g. TQ2_0 code 3): the kernels name row/column
             raise _Corrupt(f"tensor {name}.weight ({t.type_name}): {e}") from None
         w = self.f.dense(t)
