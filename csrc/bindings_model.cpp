@@ -157,6 +157,12 @@ class Builder {
         static_cast<int64_t>(sc.shape(0)) != rows)
       throw nb::value_error(("weight '" + name + "' must be [" + std::to_string(rows) + ", " + std::to_string(cols) +
                              "] with " + std::to_string(rows) + " scales").c_str());
+    // The kernels negate weights (the sign trick), so -128 would wrap.
+    const int64_t size = rows * cols;
+    for (int64_t i = 0; i < size; ++i)
+      if (t.q8[i] == -128)
+        throw nb::value_error(("weight '" + name + "' holds -128 at row " + std::to_string(i / cols) +
+                               "; 8-bit head values must lie in [-127, 127]").c_str());
     pm_.owners.push_back(nb::borrow(h));
     pm_.owners.push_back(nb::borrow(hs));
     return t;

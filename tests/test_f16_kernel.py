@@ -139,11 +139,26 @@ def test_q8_head_is_exact_across_isas_and_close_to_f16(restore_isa: None) -> Non
     assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
 
 
-def test_q8_head_rejects_bad_shapes() -> None:
+def test_q8_head_extreme_values_are_exact(restore_isa: None) -> None:
+    """Weights at +-127 against activations at the ends of the int8 range: the worst case for
+    the kernels' sign trick and int16 pair sums, still equal to scalar bit for bit."""
+    packed, _ = random_model(CONFIG, seed=34)
+    rng = np.random.default_rng(35)
+    q8 = rng.choice(np.array([-127, 127, -126, 0, 1], np.int8), size=(CONFIG["vocab_size"], CONFIG["dim"]))
+    scale = rng.uniform(0.001, 0.01, CONFIG["vocab_size"]).astype(np.float32)
+    model = _core.Model(CONFIG, {**packed, "output.q8": q8, "output.q8_scale": scale})
+    tokens = rng.integers(0, CONFIG["vocab_size"], 20).astype(np.int32)
+    assert_isas_equal_scalar(logits_per_isa(model, tokens, "all"))
 
+
+def test_q8_head_rejects_bad_shapes() -> None:
     packed, _ = random_model(CONFIG, seed=33)
     q8, scale = kernels.quantize_rows_q8(packed["token_embd"])
     with pytest.raises(ValueError, match="output.q8"):
         _core.Model(CONFIG, {**packed, "output.q8": q8[:-1], "output.q8_scale": scale})
     with pytest.raises(ValueError, match="missing weight 'output.q8_scale'"):
         _core.Model(CONFIG, {**packed, "output.q8": q8})
+    wraps = q8.copy()
+    wraps[7, 3] = -128
+    with pytest.raises(ValueError, match=r"holds -128 at row 7; 8-bit head values must lie in \[-127, 127\]"):
+        _core.Model(CONFIG, {**packed, "output.q8": wraps, "output.q8_scale": scale})
