@@ -57,17 +57,11 @@ def build(threads: int, head: str) -> tuple[object, int, dict[str, object]]:
     return model, linear_bytes + head_bytes, w
 
 
-def load_figures(model_weights: dict, threads: int, path: str) -> None:
-    """Write the model as an I2_S GGUF, then time tritlm.LLM loading it from a warm page cache
-    and compare its resident memory with packed weights + KV cache + head."""
-    import resource
-    import subprocess
-    import sys
-
+def write_i2_s(model_weights: dict, path: str) -> None:
+    """Write the model as an I2_S GGUF with a byte-level vocabulary of the right size (the 256
+    byte symbols, then filler tokens), as tritlm's converter writes it."""
     from tritlm.loaders.convert import write_gguf
     from tritlm.loaders.spec import ModelSpec, make_tokenizer_source
-
-    # A byte-level vocabulary of the right size: the 256 byte symbols, then filler tokens.
     from tritlm.tokenizer import _bytes_to_unicode  # type: ignore[attr-defined]
 
     symbols = list(_bytes_to_unicode().values())
@@ -75,8 +69,17 @@ def load_figures(model_weights: dict, threads: int, path: str) -> None:
     spec = ModelSpec(path=path, config={**SHAPE, "arch": "bitnet-b1.58"}, weights=model_weights,
                      tensor_types={}, tokenizer=make_tokenizer_source(model="gpt2", tokens=tokens, merges=[],
                                                                        token_types=[1] * len(tokens), pre="default"))
-    t = time.perf_counter()
     write_gguf(spec, path, "i2_s")
+
+
+def load_figures(model_weights: dict, threads: int, path: str) -> None:
+    """Write the model as an I2_S GGUF, then time tritlm.LLM loading it from a warm page cache
+    and compare its resident memory with packed weights + KV cache + head."""
+    import subprocess
+    import sys
+
+    t = time.perf_counter()
+    write_i2_s(model_weights, path)
     print(f"wrote {path} in {time.perf_counter() - t:.1f} s")
     code = (
         "import resource, time, tritlm\n"
