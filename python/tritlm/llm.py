@@ -77,6 +77,11 @@ class LLM:
             "n_ctx": self.n_ctx,
         }
 
+    @property
+    def kv_cache_used(self) -> int:
+        """Positions of the KV cache that hold a sequence now (of ``n_ctx``): the server reports it."""
+        return len(self._cached)
+
     # -- tokens --------------------------------------------------------------------------------
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
@@ -302,6 +307,7 @@ class LLM:
     # -- async twins: every native call runs in a worker thread, one token at a time --------
 
     async def astream(self, prompt: Prompt, **kwargs: Any) -> AsyncIterator[Delta]:
+        import anyio
         import anyio.to_thread
 
         it = await anyio.to_thread.run_sync(lambda: self.stream(prompt, **kwargs))
@@ -310,7 +316,10 @@ class LLM:
             while (delta := await anyio.to_thread.run_sync(next, it, sentinel)) is not sentinel:
                 yield delta  # type: ignore[misc]
         finally:
-            await anyio.to_thread.run_sync(it.close)
+            # Shielded: when the consumer is cancelled (a client went away), the generator must
+            # still be closed, which stops generation and releases the model at once.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(it.close)
 
     async def agenerate(self, prompt: Prompt, **kwargs: Any) -> Completion:
         completion = None
