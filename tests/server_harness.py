@@ -115,22 +115,23 @@ def read_until_closed(s: socket.socket, limit: float = 5.0) -> bytes:
 
 
 def read_response(s: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """One Content-Length response from the socket: status, headers (lower-case), body."""
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = s.recv(65536)
-        assert chunk, f"connection closed before a full head: {buf!r}"
-        buf += chunk
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
+    """One Content-Length response from the socket: status, headers (lower-case), body. Reads
+    no further than its end, so pipelined responses can be read one by one."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        byte = s.recv(1)
+        assert byte, f"connection closed before a full head: {head!r}"
+        head += byte
+    lines = head.decode("latin-1").strip().split("\r\n")
     status = int(lines[0].split()[1])
     headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
     length = int(headers.get("content-length", "0"))
-    while len(rest) < length:
-        chunk = s.recv(65536)
+    body = b""
+    while len(body) < length:
+        chunk = s.recv(length - len(body))
         assert chunk, "connection closed inside the body"
-        rest += chunk
-    return status, headers, rest[:length]
+        body += chunk
+    return status, headers, body
 
 
 def request_bytes(method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> bytes:

@@ -11,6 +11,7 @@ wait in h11's buffer for their turn.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
@@ -49,6 +50,9 @@ class Connection:
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
         self.closing = False  # the server is shutting down: finish the current exchange, then close
         self.idle_scope: anyio.CancelScope | None = None
+        if self.limits.send_buffer_bytes is not None:
+            raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.limits.send_buffer_bytes)
         try:
             host, port = stream.extra(anyio.abc.SocketAttribute.remote_address)[:2]
             self.client = f"{host}:{port}"
@@ -99,6 +103,10 @@ class Connection:
         head = await self._read_head()
         if head is None:
             return None
+        size = len(head.target) + sum(len(k) + len(v) + 4 for k, v in head.headers)
+        if size > self.limits.max_header_bytes:  # h11 bounds only a head that arrives in pieces
+            raise ProtocolError(431, f"request head of {size} bytes is larger than the limit of "
+                                     f"{self.limits.max_header_bytes} bytes")
         received_at = time.monotonic()
         request = Request(
             method=head.method.decode("ascii", "replace"),

@@ -23,8 +23,11 @@ class Limits:
     """Open connections; more wait in the listen backlog until one closes."""
     shutdown_timeout: float = 10.0
     """On shutdown, seconds in-flight requests get to finish before they are cancelled."""
+    send_buffer_bytes: int | None = None
+    """The kernel's send buffer per connection (SO_SNDBUF); None leaves it to autotuning (up to
+    net.ipv4.tcp_wmem's maximum). It bounds what a client that stops reading costs the machine."""
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
-            if value <= 0:
+            if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")

@@ -155,7 +155,7 @@ def apply_settings(config: ServeConfig, settings: dict[str, Any], where: str) ->
             continue
         at = f"{where} {key}"
         if key in _LIMIT_KEYS:
-            kind = int if isinstance(getattr(config.limits, key), int) else (int, float)
+            kind = (int, float) if isinstance(getattr(config.limits, key), float) else int
             limits[key] = _typed(value, kind, at)
         elif key in ("host", "log_level"):
             changes[key] = _typed(value, str, at)
