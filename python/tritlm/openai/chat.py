@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import RequestError
 from ..http import EventSender, Request, Response, StreamingResponse, sse_response
 from ..results import Delta
 from .context import Context, json_response, new_id, note_usage, now, reject_unsupported, stream_guarded, vocab_size
@@ -23,6 +24,8 @@ from .wire.common import Usage
 async def create(ctx: Context, request: Request) -> Response | StreamingResponse:
     req = ChatCompletionRequest.parse(request.body)
     reject_unsupported(req.unsupported())
+    if req.top_logprobs is not None and not req.logprobs:
+        raise RequestError("Invalid value for 'top_logprobs': it requires 'logprobs' to be true.", param="top_logprobs")
     served = ctx.catalog.get(req.model)
     llm = served.ready_llm("chat")
     ids = await chat_ids(llm, [m.plain() for m in req.messages])

@@ -62,7 +62,6 @@ class ChatCompletionRequest(SamplingFields):
             ("audio", self.audio is not None),
             ("modalities", any(m != "text" for m in self.modalities or [])),
             ("prediction", self.prediction is not None),
-            ("top_logprobs", self.top_logprobs is not None and not self.logprobs),
         ]
 
     @property
