@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -452,3 +453,23 @@ def test_error_envelope_shape(server: Running) -> None:
     assert json.loads(r.content) == {"error": {"message": "Missing required parameter: 'messages'.",
                                                "type": "invalid_request_error", "param": "messages",
                                                "code": "missing_required_parameter"}}
+
+
+def test_a_model_that_fails_to_load_is_unhealthy(model, tmp_path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    config = config_for(model)
+    config = replace(config, models=(*config.models, replace(config.models[0], id="broken", path=str(broken))))
+    with running(config, wait_ready=False) as s:
+        deadline = time.monotonic() + 30
+        while (health := httpx.get(f"{s.url}/health")).json()["status"] == "loading":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert health.status_code == 503 and health.json()["status"] == "unhealthy"
+        bad = {m["id"]: m for m in health.json()["models"]}["broken"]
+        assert bad["state"] == "failed" and "config.json" in bad["error"]
+        with pytest.raises(openai.InternalServerError) as e:
+            make_client(s).chat.completions.create(model="broken", messages=MESSAGES)
+        assert e.value.status_code == 503 and "failed to load" in e.value.message
+        assert make_client(s).chat.completions.create(model=MODEL_ID, messages=MESSAGES, max_tokens=2).choices
