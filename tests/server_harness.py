@@ -106,7 +106,7 @@ def read_until_closed(s: socket.socket, limit: float = 5.0) -> bytes:
     while time.monotonic() < deadline:
         try:
             data = s.recv(65536)
-        except (socket.timeout, ConnectionResetError):
+        except (TimeoutError, ConnectionResetError):
             break
         if not data:
             break

@@ -54,9 +54,9 @@ class Connection:
             raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.limits.send_buffer_bytes)
         try:
-            host, port = stream.extra(anyio.abc.SocketAttribute.remote_address)[:2]
-            self.client = f"{host}:{port}"
-        except (TypeError, ValueError, anyio.TypedAttributeLookupError):
+            address = stream.extra(anyio.abc.SocketAttribute.remote_address)
+            self.client = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+        except anyio.TypedAttributeLookupError:
             self.client = "unknown"
 
     def close_when_idle(self) -> None:

@@ -67,7 +67,8 @@ async def create(ctx: Context, request: Request) -> Response | StreamingResponse
         async def body() -> None:
             async def on_delta(index: int, delta: Delta) -> None:
                 if delta.finish_reason is not None:
-                    await events.send(chunk([ChunkChoice(index=index, delta=ChunkDelta(), finish_reason=delta.finish_reason)]))
+                    await events.send(chunk([ChunkChoice(index=index, delta=ChunkDelta(),
+                                                         finish_reason=delta.finish_reason)]))  # type: ignore[arg-type]
                 elif delta.text or delta.logprobs:
                     await events.send(chunk([ChunkChoice(index=index, delta=ChunkDelta(content=delta.text),
                                                          logprobs=logprobs_of(delta))]))

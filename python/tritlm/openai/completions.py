@@ -35,7 +35,7 @@ async def create(ctx: Context, request: Request) -> Response | StreamingResponse
     ticket = served.admission.enter(len(jobs))
     request.on_finish(ticket.release)
     ident, created = new_id("cmpl"), now()
-    echoes = [await _echo_text(llm, p, ids) for p, ids in zip(prompts, ids_list)] if req.echo else [""] * len(prompts)
+    echoes = [await _echo_text(llm, p, ids) for p, ids in zip(prompts, ids_list, strict=True)] if req.echo else [""] * len(prompts)
 
     def prompt_of(choice: int) -> int:
         return choice // req.n
@@ -43,7 +43,7 @@ async def create(ctx: Context, request: Request) -> Response | StreamingResponse
     async def legacy_logprobs() -> list[LegacyLogprobs | None]:
         if req.logprobs is None:
             return [None] * len(jobs)
-        out = []
+        out: list[LegacyLogprobs | None] = []
         for choice in range(len(jobs)):
             p = prompt_of(choice)
             lp = LegacyLogprobs()
@@ -73,7 +73,7 @@ async def create(ctx: Context, request: Request) -> Response | StreamingResponse
     if not req.stream:
         done, usage, logprobs = await generate()
         choices = []
-        for i, (c, lp) in enumerate(zip(done, logprobs)):
+        for i, (c, lp) in enumerate(zip(done, logprobs, strict=True)):
             if lp is not None:
                 lp.add_generated(c.logprobs)
             choices.append(CompletionChoice(index=i, text=echoes[prompt_of(i)] + c.text, finish_reason=c.finish_reason,

@@ -71,6 +71,6 @@ def add_prompt_logprobs(llm: Any, ids: list[int], n_special: int, top: int, out:
             out.add(piece, raw, None, None)
             continue
         row = logp[pos - 1]
-        best = np.argsort(-row, kind="stable")[:top] if top else []
+        best = np.argsort(-row, kind="stable")[:top]
         out.add(piece, raw, float(row[ids[pos]]),
                 {llm.tokenizer.token_bytes(int(t)).decode("utf-8", errors="replace"): float(row[t]) for t in best})

@@ -99,7 +99,7 @@ async def create(ctx: Context, request: Request) -> Response | StreamingResponse
             await emit(ErrorEvent(sequence_number=0, code=err.code, message=err.message, param=err.param))
 
         async def body() -> None:
-            where = dict(item_id=message_id, output_index=0, content_index=0)
+            where: dict[str, Any] = dict(item_id=message_id, output_index=0, content_index=0)
             await emit(ResponseLifecycleEvent(type="response.created", sequence_number=0, response=response("in_progress", [])))
             await emit(ResponseLifecycleEvent(type="response.in_progress", sequence_number=0, response=response("in_progress", [])))
             await emit(OutputItemEvent(type="response.output_item.added", sequence_number=0, output_index=0,
