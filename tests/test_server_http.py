@@ -195,6 +195,7 @@ def test_cors(server: Server) -> None:
     status, headers, _ = exchange(server.port, request_bytes("OPTIONS", "/echo", headers=preflight))
     assert status == 204 and headers["access-control-allow-origin"] == "https://app.example"
     assert headers["access-control-allow-methods"] == "POST" and "authorization" in headers["access-control-allow-headers"]
+    assert "access-control-expose-headers" not in headers  # the preflight's headers only, once
     status, _, _ = exchange(server.port, request_bytes("OPTIONS", "/echo", headers={**preflight, "Origin": "https://evil"}))
     assert status == 403
     _, headers, _ = exchange(server.port, request_bytes("GET", "/hello", headers={"Origin": "https://app.example"}))

@@ -66,7 +66,7 @@ class HTTPServer:
             response = await self._route(request)
         except Exception as e:  # handlers raise tritlm errors; the application renders them
             response = self.error_response(e)
-        if self.cors is not None:
+        if self.cors is not None and not CORSPolicy.is_preflight(request):  # a preflight has its own
             response.headers.extend(self.cors.headers_for(request))
         return response
 
