@@ -36,14 +36,56 @@ class InvalidMessagesError(TritlmError, ValueError):
     list of text parts. The message names the offending message by index."""
 
 
-class QueueFullError(TritlmError):
-    """Every sequence slot is busy and the wait queue is at its bound; try again after
-    ``retry_after`` seconds (the server answers 429 with Retry-After)."""
+class RequestError(TritlmError, ValueError):
+    """A request is malformed or asks for something this server does not do: bad JSON, a wrong
+    type, an out-of-range value, an unsupported field. ``param`` names the offending field."""
 
-    def __init__(self, message: str, retry_after: int = 1) -> None:
+    def __init__(self, message: str, *, param: str | None = None, code: str = "invalid_value") -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+class AuthenticationError(TritlmError):
+    """A request carries no API key, or a wrong one."""
+
+
+class NotFoundError(TritlmError, LookupError):
+    """A request names a route or a model that does not exist; the message lists what does."""
+
+    def __init__(self, message: str, *, code: str = "not_found") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ProtocolError(TritlmError):
+    """An HTTP exchange broke the protocol or a server limit (malformed request, wrong method,
+    slow or oversized request). It carries the HTTP status the protocol prescribes, and headers
+    the answer needs (``Allow`` for 405)."""
+
+    def __init__(self, status: int, message: str, *, headers: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or []
+
+
+class QueueFullError(TritlmError):
+    """Every generation slot is busy and the wait queue is full; ``retry_after`` is the estimated
+    number of seconds until a place frees up."""
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
 
 class EngineClosedError(TritlmError):
     """The model was closed: no new requests, and requests still running end with this."""
+
+
+class ModelNotReadyError(TritlmError):
+    """A model is still loading, or failed to load and cannot serve."""
+
+
+class ClientDisconnected(TritlmError):
+    """The HTTP client closed its connection or stopped reading: nothing more can reach it, and
+    whatever works for it (a generation) should stop."""

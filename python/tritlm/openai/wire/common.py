@@ -1,0 +1,124 @@
+"""Shapes shared by several endpoints: the request base (unknown fields ignored, types strict),
+sampling parameters, usage, logprobs, and the error envelope."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ...errors import RequestError
+
+
+class RequestModel(BaseModel):
+    """A request body: fields OpenAI defines but this server does not know are ignored (as vLLM
+    does, so newer clients keep working); known fields are type-checked strictly (a number sent
+    as a string is an error, as with OpenAI)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    @classmethod
+    def parse(cls, body: bytes) -> Any:
+        """The validated request, or RequestError naming the first offending field."""
+        if not body.strip():
+            raise RequestError("the request body is empty; expected a JSON object", code="invalid_json")
+        try:
+            return cls.model_validate_json(body)
+        except ValidationError as e:
+            raise _request_error(e) from None
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "bytes"}
+
+
+def _param(loc: tuple[int | str, ...]) -> str:
+    """pydantic's location as a field path (``messages[0].content``), without the union tags
+    pydantic inserts (``str``, ``list[str]``, model names)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in _TYPE_TAGS or "[" in part or "-" in part or part[:1].isupper():
+            continue
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _request_error(e: ValidationError) -> RequestError:
+    err = e.errors(include_url=False)[0]
+    kind = err["type"]
+    if kind == "json_invalid":
+        return RequestError(f"the request body is not valid JSON: {err['msg']}", code="invalid_json")
+    if kind == "model_type" and not err["loc"]:
+        return RequestError("the request body must be a JSON object", code="invalid_json")
+    param = _param(tuple(err["loc"]))
+    if kind == "missing":
+        return RequestError(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    code = "invalid_type" if kind.endswith("_type") or kind.endswith("_parsing") or kind == "literal_error" else "invalid_value"
+    return RequestError(f"Invalid value for '{param}': {err['msg']}.", param=param, code=code)
+
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+
+
+class SamplingFields(RequestModel):
+    """The sampling parameters every generating endpoint takes (OpenAI's, plus the common
+    extensions llama.cpp and vLLM accept: top_k, min_p, repetition_penalty, ignore_eos)."""
+
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Probability | None = None
+    top_k: Annotated[int, Field(ge=-1)] | None = None  # 0 or -1: no top-k cut
+    min_p: Probability | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    repetition_penalty: Annotated[float, Field(gt=0.0)] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    ignore_eos: bool = False
+    n: Annotated[int, Field(ge=1, le=128)] = 1
+    user: str | None = None
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int
+
+
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int = 0
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
+    completion_tokens_details: CompletionTokensDetails = CompletionTokensDetails()
+
+    @classmethod
+    def of(cls, prompt: int, completion: int, cached: int) -> Usage:
+        return cls(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                   prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorBody
