@@ -54,6 +54,7 @@ model::Config parse_config(const nb::dict& cfg) {
   c.rope_theta = config_value<float>(cfg, "rope_theta");
   c.norm_eps = config_value<float>(cfg, "norm_eps");
   c.sub_norms = config_value<bool>(cfg, "sub_norms");
+  c.qk_norm = cfg.contains("qk_norm") && config_value<bool>(cfg, "qk_norm");  // optional: Qwen3 only
   const std::string act = config_value<std::string>(cfg, "activation");
   if (act == "relu2")
     c.activation = model::Activation::kRelu2;
@@ -188,6 +189,10 @@ void build(PyModel* self, const nb::dict& config, const nb::dict& weights) {
     if (c.sub_norms) {
       L.attn_sub_norm = b.norm(p + "attn_sub_norm", q_dim);
       L.ffn_sub_norm = b.norm(p + "ffn_sub_norm", c.ffn_dim);
+    }
+    if (c.qk_norm) {
+      L.attn_q_norm = b.norm(p + "attn_q_norm", c.head_dim);
+      L.attn_k_norm = b.norm(p + "attn_k_norm", c.head_dim);
     }
     L.attn_q = b.linear(p + "attn_q", q_dim, c.dim);
     L.attn_k = b.linear(p + "attn_k", kv_dim, c.dim);

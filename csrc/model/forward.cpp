@@ -1,7 +1,8 @@
 // The forward pass of BitNet b1.58 (and its gated-SiLU Llama kin), one function per block:
 //
 //   x = embed(tokens)
-//   per layer:  a = rmsnorm(x, attn_norm);  q, k, v = BitLinear(a);  rope(q, k)
+//   per layer:  a = rmsnorm(x, attn_norm);  q, k, v = BitLinear(a)
+//               q, k = per-head rmsnorm(q, attn_q_norm), (k, attn_k_norm)   (Qwen3 only);  rope(q, k)
 //               attn = causal_attention(q, K-cache, V-cache)          (grouped-query heads)
 //               x += BitLinear_o(rmsnorm(attn, attn_sub_norm))
 //               b = rmsnorm(x, ffn_norm);  h = relu(gate(b))^2 * up(b)  (or silu(gate(b)) * up(b))
@@ -32,7 +33,7 @@ float Table::at(int64_t r, int64_t c) const {
 
 namespace {
 
-// RMSNorm in f32: x * w / sqrt(mean(x^2) + eps), row by row.
+// RMSNorm in f32: x * w / sqrt(mean(x^2) + eps), row by row (out may be x).
 void rmsnorm(float* out, const float* x, const std::vector<float>& w, int n, int dim, float eps) {
   for (int t = 0; t < n; ++t) {
     const float* xt = x + static_cast<int64_t>(t) * dim;
@@ -42,6 +43,12 @@ void rmsnorm(float* out, const float* x, const std::vector<float>& w, int n, int
     float* ot = out + static_cast<int64_t>(t) * dim;
     for (int i = 0; i < dim; ++i) ot[i] = w[i] * (xt[i] * inv);
   }
+}
+
+// Qwen3's QK-norm: RMSNorm over each head of q (or k) with one weight vector shared by the heads.
+// A head is head_dim contiguous values, so this is rmsnorm over rows of head_dim, in place.
+void head_rmsnorm(std::vector<float>& x, const std::vector<float>& w, int head_dim, float eps) {
+  rmsnorm(x.data(), x.data(), w, static_cast<int>(x.size() / head_dim), head_dim, eps);
 }
 
 // Rotary position embedding in NEOX (rotate-half) order over each head of width head_dim.
@@ -195,6 +202,10 @@ void Session::forward_chunk(const int32_t* tokens, int n, std::vector<float>& x)
     linear(L.attn_q, a, n, q);
     linear(L.attn_k, a, n, k);
     linear(L.attn_v, a, n, v);
+    if (c.qk_norm) {
+      head_rmsnorm(q, L.attn_q_norm, c.head_dim, c.norm_eps);
+      head_rmsnorm(k, L.attn_k_norm, c.head_dim, c.norm_eps);
+    }
     rope(q.data(), n, pos0, c.n_heads, c.head_dim, rope_inv_freq_);
     rope(k.data(), n, pos0, c.n_kv_heads, c.head_dim, rope_inv_freq_);
     store_kv(l, n, pos0, k, v);

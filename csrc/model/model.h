@@ -19,6 +19,7 @@ struct Config {
   float rope_theta = 10000.0f, norm_eps = 1e-5f;
   Activation activation = Activation::kRelu2;
   bool sub_norms = true;  // attn_sub_norm before attn_output, ffn_sub_norm before ffn_down
+  bool qk_norm = false;   // Qwen3: attn_q_norm / attn_k_norm, an RMSNorm over each head before RoPE
 };
 
 // A linear layer y = W x: BitLinear on the int8 kernels when the weights are ternary or binary,
@@ -45,6 +46,7 @@ struct Table {
 
 struct Layer {
   std::vector<float> attn_norm, attn_sub_norm, ffn_norm, ffn_sub_norm;
+  std::vector<float> attn_q_norm, attn_k_norm;  // [head_dim], shared by every head (when qk_norm)
   Linear attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down;
 };
 
