@@ -54,8 +54,9 @@ class Reference:
 
     model: object                    # transformers Qwen3ForCausalLM, float32, eval mode
     config: dict                     # tritlm's config keys
-    weights: dict[str, np.ndarray]   # canonical name -> float32 (linears: what the reference computes with)
-    q1_bytes: dict[str, np.ndarray] = field(default_factory=dict)  # canonical linear name -> Q1_0 bytes
+    weights: dict[str, np.ndarray]   # canonical name -> float32, the values the reference computes with
+    stored: dict[str, np.ndarray] = field(default_factory=dict)  # name -> what the file stores (bytes or array)
+    types: dict[str, str] = field(default_factory=dict)          # name -> GGUF type of the stored data
     tie: bool = True
 
 
@@ -89,18 +90,39 @@ def tritlm_config(cfg) -> dict:
     }
 
 
+def round_trip(w: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(the bytes or array a GGUF file stores for ``w`` as ``kind``, the float32 values it holds).
+    Q1_0 is encoded by ``q1_0_quantize``; F16 / BF16 / Q8_0 by gguf-py (their own referee)."""
+    from gguf import GGMLQuantizationType, quants
+
+    if kind == "Q1_0":
+        return q1_0_quantize(w)
+    if kind == "F32":
+        w = np.ascontiguousarray(w, dtype=np.float32)
+        return w, w
+    qt = GGMLQuantizationType[kind]
+    data = quants.quantize(np.ascontiguousarray(w, dtype=np.float32), qt)
+    return data, quants.dequantize(data, qt).astype(np.float32).reshape(w.shape)
+
+
 def build_reference(*, hidden: int, ffn: int, layers: int, heads: int, kv_heads: int, head_dim: int, vocab: int,
-                    seed: int = 0, tie: bool = True, float_linears: frozenset[str] = frozenset(),
-                    rope_theta: float = 1000000.0, logit_gain: float = 1.0) -> Reference:
-    """A random Qwen3ForCausalLM with Q1_0 round-trip linears (except ``float_linears``, canonical
-    names kept as float). Norm weights are random too, so a missing or misplaced norm shows.
-    ``logit_gain`` scales the output norm: random models have nearly flat next-token
-    distributions, and a larger gain gives the clearer winners a trained model has."""
+                    seed: int = 0, tie: bool = True, types: dict[str, str] | None = None,
+                    float_linears: frozenset[str] = frozenset(), rope_theta: float = 1000000.0,
+                    logit_gain: float = 1.0) -> Reference:
+    """A random Qwen3ForCausalLM whose weights are replaced by what a GGUF file stores for them.
+
+    ``types``: canonical name -> GGUF type ("Q1_0", "F16", "BF16", "Q8_0", "F32"); linears default
+    to Q1_0, token_embd / output to F16. ``float_linears`` keeps those linears as they are (not
+    written to a file; for driving the native model directly). Norm weights are random too, so a
+    missing or misplaced norm shows. ``logit_gain`` scales the output norm: random models have
+    nearly flat next-token distributions, a larger gain gives the clearer winners of a trained one.
+    """
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    types = dict(types or {})
     cfg = Qwen3Config(
         vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim, hidden_act="silu",
@@ -109,30 +131,28 @@ def build_reference(*, hidden: int, ffn: int, layers: int, heads: int, kv_heads:
     )
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(cfg).float().eval()
-    sd = model.state_dict()
-    weights: dict[str, np.ndarray] = {}
-    q1: dict[str, np.ndarray] = {}
+    sd = model.state_dict()  # views of the parameters: writing them changes the model
+    ref = Reference(model=model, config=tritlm_config(cfg), weights={}, tie=tie)
+    gen = torch.Generator().manual_seed(seed + 1)
+    hf_names = {"token_embd": "model.embed_tokens", "output_norm": "model.norm"}
+    if not tie:
+        hf_names["output"] = "lm_head"
+    for i in range(layers):
+        hf_names.update({f"blk.{i}.{short}": f"model.layers.{i}.{hf}" for short, hf in {**NORMS, **LINEARS}.items()})
     with torch.no_grad():
-        gen = torch.Generator().manual_seed(seed + 1)
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight") or "layernorm" in name:
-                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
-        model.model.norm.weight.mul_(logit_gain)
-        weights["token_embd"] = sd["model.embed_tokens.weight"].numpy().copy()
-        weights["output_norm"] = sd["model.norm.weight"].numpy().copy()
-        if not tie:
-            weights["output"] = sd["lm_head.weight"].numpy().copy()
-        for i in range(layers):
-            for short, hf in NORMS.items():
-                weights[f"blk.{i}.{short}"] = sd[f"model.layers.{i}.{hf}.weight"].numpy().copy()
-            for short, hf in LINEARS.items():
-                name = f"blk.{i}.{short}"
-                t = sd[f"model.layers.{i}.{hf}.weight"]
-                if name not in float_linears:
-                    q1[name], w = q1_0_quantize(t.numpy())
-                    t.copy_(torch.from_numpy(w))
-                weights[name] = t.numpy().copy()
-    return Reference(model=model, config=tritlm_config(cfg), weights=weights, q1_bytes=q1, tie=tie)
+        for name, hf in hf_names.items():
+            t = sd[hf + ".weight"]
+            if t.ndim == 1:
+                t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
+                if name == "output_norm":
+                    t.mul_(logit_gain)
+            elif name not in float_linears:
+                kind = types.setdefault(name, "F16" if name in ("token_embd", "output") else "Q1_0")
+                ref.stored[name], w = round_trip(t.numpy(), kind)
+                t.copy_(torch.from_numpy(w))
+            ref.weights[name] = t.numpy().copy()
+    ref.types = types
+    return ref
 
 
 def reference_logits(ref: Reference, ids: list[int]) -> np.ndarray:
@@ -141,3 +161,125 @@ def reference_logits(ref: Reference, ids: list[int]) -> np.ndarray:
 
     with torch.no_grad():
         return ref.model(torch.tensor([ids])).logits[0].numpy()
+
+
+# ----- tokenizer -----------------------------------------------------------------------------------
+
+
+def train_tokenizer(n_tokens: int):
+    """A byte-level BPE ``tokenizers.Tokenizer`` built the way Qwen2/Qwen3's tokenizer.json is
+    (NFC normalizer, Qwen2 split regex, ByteLevel without its own regex), trained on CORPUS, with
+    Qwen's control tokens and its user-defined think / tool-call tokens at the end; ``n_tokens``
+    ids in all."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    base = n_tokens - len(SPECIALS) - len(USER_DEFINED)
+    trainer = trainers.BpeTrainer(vocab_size=base, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False, special_tokens=[])
+    tok.train_from_iterator(CORPUS, trainer)
+    assert tok.get_vocab_size() == base, (tok.get_vocab_size(), base)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in USER_DEFINED])
+    return tok
+
+
+def hf_tokenizer(tok, chat_template: str | None = None):
+    """transformers' fast tokenizer over a ``tokenizers.Tokenizer`` (the chat-template referee)."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   chat_template=chat_template)
+
+
+def _gguf_vocab(tok, vocab: int) -> tuple[list[str], list[int], list[str]]:
+    """(tokens, token types, merges) as llama.cpp's converter writes them for Qwen: ids past the
+    tokenizer's own are "[PAD<i>]" tokens of type UNUSED (the model's embedding is larger)."""
+    import json
+
+    model = json.loads(tok.to_str())["model"]
+    pieces = {i: p for p, i in tok.get_vocab(with_added_tokens=True).items()}
+    types = {i: 3 if t.special else 4 for i, t in tok.get_added_tokens_decoder().items()}  # control / user-defined
+    tokens = [pieces.get(i, f"[PAD{i}]") for i in range(vocab)]
+    ttypes = [types.get(i, 1 if i in pieces else 5) for i in range(vocab)]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    return tokens, ttypes, merges
+
+
+# ----- GGUF --------------------------------------------------------------------------------------
+
+
+def write_gguf(path: str | os.PathLike, ref: Reference, tok, *, chat_template: str | None = None,
+               fields: dict | None = None, drop: frozenset[str] = frozenset(),
+               tensors: dict[str, tuple[np.ndarray, str]] | None = None) -> Path:
+    """The reference model as a ``qwen3`` GGUF file, every tensor as ``ref.types`` says.
+
+    For the bad-input tests: ``fields`` overrides metadata (key -> (value, GGUFValueType) or None
+    to drop), ``drop`` leaves tensors out (canonical names), ``tensors`` adds or replaces tensors
+    (GGUF name -> (data, GGUF type name))."""
+    import gguf
+
+    c = ref.config
+    w = gguf.GGUFWriter(str(path), "qwen3")
+    meta = {
+        "qwen3.block_count": (c["n_layers"], gguf.GGUFValueType.UINT32),
+        "qwen3.context_length": (4096, gguf.GGUFValueType.UINT32),
+        "qwen3.embedding_length": (c["dim"], gguf.GGUFValueType.UINT32),
+        "qwen3.feed_forward_length": (c["ffn_dim"], gguf.GGUFValueType.UINT32),
+        "qwen3.attention.head_count": (c["n_heads"], gguf.GGUFValueType.UINT32),
+        "qwen3.attention.head_count_kv": (c["n_kv_heads"], gguf.GGUFValueType.UINT32),
+        "qwen3.attention.key_length": (c["head_dim"], gguf.GGUFValueType.UINT32),
+        "qwen3.attention.value_length": (c["head_dim"], gguf.GGUFValueType.UINT32),
+        "qwen3.rope.freq_base": (c["rope_theta"], gguf.GGUFValueType.FLOAT32),
+        "qwen3.attention.layer_norm_rms_epsilon": (c["norm_eps"], gguf.GGUFValueType.FLOAT32),
+        "tokenizer.ggml.model": ("gpt2", gguf.GGUFValueType.STRING),
+        "tokenizer.ggml.pre": ("qwen2", gguf.GGUFValueType.STRING),
+        "tokenizer.ggml.bos_token_id": (tok.token_to_id("<|endoftext|>"), gguf.GGUFValueType.UINT32),
+        "tokenizer.ggml.eos_token_id": (tok.token_to_id("<|im_end|>"), gguf.GGUFValueType.UINT32),
+        "tokenizer.ggml.padding_token_id": (tok.token_to_id("<|endoftext|>"), gguf.GGUFValueType.UINT32),
+        "tokenizer.ggml.add_bos_token": (False, gguf.GGUFValueType.BOOL),
+    }
+    if chat_template is not None:
+        meta["tokenizer.chat_template"] = (chat_template, gguf.GGUFValueType.STRING)
+    meta.update(fields or {})
+    for key, v in meta.items():
+        if v is not None:
+            w.add_key_value(key, v[0], v[1])
+    tokens, ttypes, merges = _gguf_vocab(tok, c["vocab_size"])
+    w.add_token_list(tokens)
+    w.add_token_types(ttypes)
+    w.add_token_merges(merges)
+    added = dict(tensors or {})
+    for name, values in ref.weights.items():
+        gname = name + ".weight"
+        if name in drop or gname in added:
+            continue
+        if values.ndim == 1:
+            w.add_tensor(gname, values.astype(np.float32))
+        else:
+            _add(w, gname, ref.stored[name], ref.types[name], values.shape)
+    for gname, (data, kind) in added.items():
+        _add(w, gname, data, kind, None)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return Path(path)
+
+
+def _add(writer, gname: str, data: np.ndarray, kind: str, shape: tuple[int, int] | None) -> None:
+    import gguf
+
+    if kind in ("F32", "F16"):
+        writer.add_tensor(gname, data)
+        return
+    qt = gguf.GGMLQuantizationType[kind]
+    if shape is not None:  # the bytes of an [n, k] matrix: one row of blocks per weight row
+        data = np.asarray(data, dtype=np.uint8).reshape(shape[0], -1)
+    writer.add_tensor(gname, data, raw_dtype=qt)
