@@ -283,3 +283,79 @@ def _add(writer, gname: str, data: np.ndarray, kind: str, shape: tuple[int, int]
     if shape is not None:  # the bytes of an [n, k] matrix: one row of blocks per weight row
         data = np.asarray(data, dtype=np.uint8).reshape(shape[0], -1)
     writer.add_tensor(gname, data, raw_dtype=qt)
+
+
+# ----- chat template -------------------------------------------------------------------------------
+
+# A chat template in the form of Qwen3's (ChatML turns, <think> blocks kept only after the last real
+# user query, tools listed as JSON, tool calls, tool results folded into user turns, and
+# enable_thinking=False writing an empty think block), written for these tests to use every Jinja
+# construct Qwen3's template relies on: namespace() updated inside a loop, a reversed slice with
+# loop.index0 arithmetic, loop.first / loop.last, `is defined` / `is none` / `is string` tests,
+# str methods (split, strip, lstrip, rstrip, startswith, endswith), `in`, indexing the
+# neighbouring messages, reassigning the loop variable, tojson, and whitespace control.
+QWEN3_STYLE_TEMPLATE = """\
+{%- if tools %}
+    {{- '<|im_start|>system\\n' }}
+    {%- if messages[0].role == 'system' %}
+        {{- messages[0].content + '\\n\\n' }}
+    {%- endif %}
+    {{- "# Tools\\n\\nFunction signatures, one JSON object per line, inside <tools></tools>:\\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\\n" }}{{- tool | tojson }}
+    {%- endfor %}
+    {{- "\\n</tools>\\n\\nCall one with <tool_call>{\\"name\\": ..., \\"arguments\\": ...}</tool_call>.<|im_end|>\\n" }}
+{%- elif messages[0].role == 'system' %}
+    {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}
+{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.multi_step_tool = false %}
+        {%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- if message.role == "user" and message.content.startswith('<tool_response>') %}
+        {%- if loop.first or not (messages[loop.index0 - 1].content or '').startswith('<tool_response>') %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n' + message.content }}
+        {%- if loop.last or not (messages[loop.index0 + 1].content or '').startswith('<tool_response>') %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- elif message.role == "user" or (message.role == "system" and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}
+    {%- elif message.role == "assistant" %}
+        {%- set content = message.content %}
+        {%- set reasoning = '' %}
+        {%- if message.reasoning_content is defined and message.reasoning_content is not none %}
+            {%- set reasoning = message.reasoning_content %}
+        {%- elif '</think>' in content %}
+            {%- set reasoning = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}
+            {%- set content = content.split('</think>')[-1].lstrip('\\n') %}
+        {%- endif %}
+        {%- if loop.index0 > ns.last_query_index and (loop.last or reasoning) %}
+            {{- '<|im_start|>assistant\\n<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}
+        {%- else %}
+            {{- '<|im_start|>assistant\\n' + content }}
+        {%- endif %}
+        {%- if message.tool_calls %}
+            {%- for tool_call in message.tool_calls %}
+                {%- if (loop.first and content) or not loop.first %}{{- '\\n' }}{%- endif %}
+                {%- if tool_call.function %}{%- set tool_call = tool_call.function %}{%- endif %}
+                {{- '<tool_call>\\n{"name": "' + tool_call.name + '", "arguments": ' }}
+                {%- if tool_call.arguments is string %}{{- tool_call.arguments }}{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}
+                {{- '}\\n</tool_call>' }}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\\n\\n</think>\\n\\n' }}
+    {%- endif %}
+{%- endif %}"""
