@@ -251,7 +251,7 @@ TRITLM_INLINE void row_decode(const WeightView& w, const ActView& a, int64_t r, 
     __m256i lanes[8];
     alignas(32) int32_t q_sums[8];
     TRITLM_UNROLL for (int i = 0; i < 8; ++i) {
-      Dot<1> dot[1];
+      Dot<2> dot[1];
       group_dots<Block, GB>(dot, row, q, (g + i) * GB, 0);
       lanes[i] = dot[0].lanes();
       q_sums[i] = 0;
