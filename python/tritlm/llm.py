@@ -40,13 +40,14 @@ class LLM:
         head: str = "f16",
     ) -> None:
         """``head="q8"`` keeps the output head as int8 rows with a scale each: half the bytes of
-        f16, and at 2B4T size the head is the largest tensor read per token."""
+        f16, and at 2B4T size the head is the largest tensor read per token. A 1-bit head (GGUF
+        Q1_0) runs on the binary kernel whatever ``head`` says."""
         if n_ctx < 1:
             raise ValueError(f"n_ctx must be positive, got {n_ctx}")
         if head not in ("f16", "q8"):
             raise ValueError(f"head must be 'f16' or 'q8', got {head!r}")
         self.spec = load_model(os.fspath(path))
-        if head == "q8":
+        if head == "q8" and not isinstance(self.spec.weights.get("output"), kernels.PackedWeights):
             table = self.spec.weights.pop("output", None)
             q8, scale = kernels.quantize_rows_q8(table if table is not None else self.spec.weights["token_embd"])
             self.spec.weights["output.q8"], self.spec.weights["output.q8_scale"] = q8, scale

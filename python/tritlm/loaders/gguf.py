@@ -511,7 +511,9 @@ class _Loader:
         for name, t in tinfo.items():
             types[name] = t.type_name
             base = name.rsplit(".", 1)[-1]
-            if name in ("token_embd", "output"):
+            if name == "output" and t.type_id == GGML_TYPE_Q1_0:
+                weights[name] = self.linear(name, t, None)  # a 1-bit head stays 1-bit, on the binary kernel
+            elif name in ("token_embd", "output"):
                 weights[name] = self.table(name, t)
             elif base in LINEAR_NAMES:
                 heads = None
@@ -528,6 +530,11 @@ class _Loader:
             else:
                 weights[name] = f.dense(t).reshape(shapes[name])
 
+        if out_t is None and embd.type_id == GGML_TYPE_Q1_0:
+            # Tied to a 1-bit embedding: the lookups use its exact float16 copy, the head its
+            # bits (1.125 bits a weight read per token instead of 16).
+            weights["output"] = self.linear("token_embd", embd, None)
+            types["output"] = embd.type_name
         tokenizer, template, bos, eos_ids, add_bos = self.tokenizer(vocab)
         spec = ModelSpec(
             path=self.path, config=config, weights=weights, tensor_types=types, tokenizer=tokenizer,

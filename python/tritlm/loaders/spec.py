@@ -160,7 +160,7 @@ def validate_spec(spec: ModelSpec) -> None:
                 ok = w.dtype == np.float32
             if not ok:
                 raise ModelLoadError(f"{where}: tensor {name} has dtype {w.dtype}")
-        elif len(shape) != 2 or name in ("token_embd", "output"):
+        elif len(shape) != 2 or name == "token_embd":  # a packed output is a 1-bit head (GGUF Q1_0)
             raise ModelLoadError(f"{where}: tensor {name} must be a float array, got {type(w).__name__}")
     extra = set(spec.weights) - set(shapes)
     if extra:
