@@ -1,5 +1,6 @@
-"""Tiny random Qwen3 models for the qwen3 tests: transformers' Qwen3ForCausalLM as the reference,
-and the same model as tritlm's canonical weights or as a GGUF file with Q1_0 linears.
+"""Tiny random Qwen3 (or Llama) models for the qwen3 tests: transformers' Qwen3ForCausalLM (or
+LlamaForCausalLM) as the reference, and the same model as tritlm's canonical weights or as a GGUF
+file with Q1_0 linears.
 
 - ``q1_0_quantize(w)``: ggml's ``quantize_row_q1_0_ref`` in numpy, written from its description in
   docs/formats.md (d = the block's mean |w| summed in f32 order, stored as fp16; bit 1 for w >= 0,
@@ -7,9 +8,10 @@ and the same model as tritlm's canonical weights or as a GGUF file with Q1_0 lin
 - ``build_reference(shape, seed=...)``: a random Qwen3ForCausalLM (float32) whose linear weights
   are replaced by their Q1_0 round trip (``float_linears`` names those kept as they are), plus its
   weights under tritlm's canonical names.
-- ``write_gguf(path, ref, ...)``: the model as a ``qwen3`` GGUF (gguf-py's GGUFWriter; the Q1_0
-  bytes come from ``q1_0_quantize``, not from tritlm), with a byte-level BPE vocabulary that splits
-  with the Qwen2 regex (``tokenizer.ggml.pre = qwen2``).
+- ``write_gguf(path, ref, ...)``: the model as a ``qwen3`` (or ``llama``) GGUF (gguf-py's
+  GGUFWriter; the Q1_0 bytes come from ``q1_0_quantize``, not from tritlm; a llama file's q/k
+  rows permuted as llama.cpp's converter permutes them), with a byte-level BPE vocabulary that
+  splits with the Qwen2 regex (``tokenizer.ggml.pre = qwen2``).
 """
 
 from __future__ import annotations
@@ -79,14 +81,14 @@ def q1_0_quantize(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return out.reshape(-1), (signs * d.astype(np.float32)[:, :, None]).reshape(n, k)
 
 
-def tritlm_config(cfg) -> dict:
-    """tritlm's config keys for a transformers Qwen3Config."""
+def tritlm_config(cfg, arch: str) -> dict:
+    """tritlm's config keys for a transformers Qwen3Config or LlamaConfig."""
     return {
-        "arch": "qwen3", "n_layers": cfg.num_hidden_layers, "dim": cfg.hidden_size,
+        "arch": arch, "n_layers": cfg.num_hidden_layers, "dim": cfg.hidden_size,
         "n_heads": cfg.num_attention_heads, "n_kv_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim,
         "ffn_dim": cfg.intermediate_size, "vocab_size": cfg.vocab_size,
         "rope_theta": float(cfg.rope_parameters["rope_theta"]), "norm_eps": float(cfg.rms_norm_eps),
-        "activation": "silu", "sub_norms": False, "qk_norm": True,
+        "activation": "silu", "sub_norms": False, "qk_norm": arch == "qwen3",
     }
 
 
@@ -108,7 +110,7 @@ def round_trip(w: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
 def build_reference(*, hidden: int, ffn: int, layers: int, heads: int, kv_heads: int, head_dim: int, vocab: int,
                     seed: int = 0, tie: bool = True, types: dict[str, str] | None = None,
                     float_linears: frozenset[str] = frozenset(), rope_theta: float = 1000000.0,
-                    logit_gain: float = 1.0) -> Reference:
+                    logit_gain: float = 1.0, arch: str = "qwen3") -> Reference:
     """A random Qwen3ForCausalLM whose weights are replaced by what a GGUF file stores for them.
 
     ``types``: canonical name -> GGUF type ("Q1_0", "F16", "BF16", "Q8_0", "F32"); linears default
@@ -116,29 +118,33 @@ def build_reference(*, hidden: int, ffn: int, layers: int, heads: int, kv_heads:
     written to a file; for driving the native model directly). Norm weights are random too, so a
     missing or misplaced norm shows. ``logit_gain`` scales the output norm: random models have
     nearly flat next-token distributions, a larger gain gives the clearer winners of a trained one.
+    ``arch="llama"``: a LlamaForCausalLM of the same shape (no QK-norm).
     """
     import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    import transformers
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     types = dict(types or {})
-    cfg = Qwen3Config(
+    config_class, model_class = {"qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+                                 "llama": ("LlamaConfig", "LlamaForCausalLM")}[arch]
+    cfg = getattr(transformers, config_class)(
         vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim, hidden_act="silu",
         max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=tie,
         rope_parameters={"rope_theta": rope_theta, "rope_type": "default"}, attention_bias=False,
     )
     torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(cfg).float().eval()
+    model = getattr(transformers, model_class)(cfg).float().eval()
     sd = model.state_dict()  # views of the parameters: writing them changes the model
-    ref = Reference(model=model, config=tritlm_config(cfg), weights={}, tie=tie)
+    ref = Reference(model=model, config=tritlm_config(cfg, arch), weights={}, tie=tie)
+    norms = NORMS if arch == "qwen3" else {k: v for k, v in NORMS.items() if k in ("attn_norm", "ffn_norm")}
     gen = torch.Generator().manual_seed(seed + 1)
     hf_names = {"token_embd": "model.embed_tokens", "output_norm": "model.norm"}
     if not tie:
         hf_names["output"] = "lm_head"
     for i in range(layers):
-        hf_names.update({f"blk.{i}.{short}": f"model.layers.{i}.{hf}" for short, hf in {**NORMS, **LINEARS}.items()})
+        hf_names.update({f"blk.{i}.{short}": f"model.layers.{i}.{hf}" for short, hf in {**norms, **LINEARS}.items()})
     with torch.no_grad():
         for name, hf in hf_names.items():
             t = sd[hf + ".weight"]
@@ -218,7 +224,7 @@ def _gguf_vocab(tok, vocab: int) -> tuple[list[str], list[int], list[str]]:
 def write_gguf(path: str | os.PathLike, ref: Reference, tok, *, chat_template: str | None = None,
                fields: dict | None = None, drop: frozenset[str] = frozenset(),
                tensors: dict[str, tuple[np.ndarray, str]] | None = None) -> Path:
-    """The reference model as a ``qwen3`` GGUF file, every tensor as ``ref.types`` says.
+    """The reference model as a GGUF file of its architecture, every tensor as ``ref.types`` says.
 
     For the bad-input tests: ``fields`` overrides metadata (key -> (value, GGUFValueType) or None
     to drop), ``drop`` leaves tensors out (canonical names), ``tensors`` adds or replaces tensors
@@ -226,18 +232,19 @@ def write_gguf(path: str | os.PathLike, ref: Reference, tok, *, chat_template: s
     import gguf
 
     c = ref.config
-    w = gguf.GGUFWriter(str(path), "qwen3")
+    a = c["arch"]
+    w = gguf.GGUFWriter(str(path), a)
     meta = {
-        "qwen3.block_count": (c["n_layers"], gguf.GGUFValueType.UINT32),
-        "qwen3.context_length": (4096, gguf.GGUFValueType.UINT32),
-        "qwen3.embedding_length": (c["dim"], gguf.GGUFValueType.UINT32),
-        "qwen3.feed_forward_length": (c["ffn_dim"], gguf.GGUFValueType.UINT32),
-        "qwen3.attention.head_count": (c["n_heads"], gguf.GGUFValueType.UINT32),
-        "qwen3.attention.head_count_kv": (c["n_kv_heads"], gguf.GGUFValueType.UINT32),
-        "qwen3.attention.key_length": (c["head_dim"], gguf.GGUFValueType.UINT32),
-        "qwen3.attention.value_length": (c["head_dim"], gguf.GGUFValueType.UINT32),
-        "qwen3.rope.freq_base": (c["rope_theta"], gguf.GGUFValueType.FLOAT32),
-        "qwen3.attention.layer_norm_rms_epsilon": (c["norm_eps"], gguf.GGUFValueType.FLOAT32),
+        f"{a}.block_count": (c["n_layers"], gguf.GGUFValueType.UINT32),
+        f"{a}.context_length": (4096, gguf.GGUFValueType.UINT32),
+        f"{a}.embedding_length": (c["dim"], gguf.GGUFValueType.UINT32),
+        f"{a}.feed_forward_length": (c["ffn_dim"], gguf.GGUFValueType.UINT32),
+        f"{a}.attention.head_count": (c["n_heads"], gguf.GGUFValueType.UINT32),
+        f"{a}.attention.head_count_kv": (c["n_kv_heads"], gguf.GGUFValueType.UINT32),
+        f"{a}.attention.key_length": (c["head_dim"], gguf.GGUFValueType.UINT32),
+        f"{a}.attention.value_length": (c["head_dim"], gguf.GGUFValueType.UINT32),
+        f"{a}.rope.freq_base": (c["rope_theta"], gguf.GGUFValueType.FLOAT32),
+        f"{a}.attention.layer_norm_rms_epsilon": (c["norm_eps"], gguf.GGUFValueType.FLOAT32),
         "tokenizer.ggml.model": ("gpt2", gguf.GGUFValueType.STRING),
         "tokenizer.ggml.pre": ("qwen2", gguf.GGUFValueType.STRING),
         "tokenizer.ggml.bos_token_id": (tok.token_to_id("<|endoftext|>"), gguf.GGUFValueType.UINT32),
@@ -262,8 +269,13 @@ def write_gguf(path: str | os.PathLike, ref: Reference, tok, *, chat_template: s
             continue
         if values.ndim == 1:
             w.add_tensor(gname, values.astype(np.float32))
-        else:
-            _add(w, gname, ref.stored[name], ref.types[name], values.shape)
+            continue
+        data = ref.stored[name]
+        heads = {"attn_q": c["n_heads"], "attn_k": c["n_kv_heads"]}.get(name.rsplit(".", 1)[-1])
+        if a == "llama" and heads:  # convert_hf_to_gguf's LlamaModel.permute, on whole rows
+            rows = np.asarray(data).reshape(values.shape[0], -1)
+            data = rows.reshape(heads, 2, -1, rows.shape[1]).swapaxes(1, 2).reshape(rows.shape)
+        _add(w, gname, data, ref.types[name], values.shape)
     for gname, (data, kind) in added.items():
         _add(w, gname, data, kind, None)
     w.write_header_to_file()
