@@ -5,16 +5,17 @@ ternary weights, beside this machine's read bandwidth measured in the same run.
 
 The model is built in memory (2.41 B parameters: 30 layers, dim 2560, ffn 6912, 20 query / 5 kv
 heads, vocab 128256, tied f16 head) and never written to disk. Roofline: bytes read per generated
-token (every linear's packed weights + the head) / measured read bandwidth.
+token (every linear's packed weights + the head) / read bandwidth measured in the same run
+(benchmarks/engine_speed.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import numpy as np
+from engine_speed import measure  # benchmarks/engine_speed.py, next to this script
 
 from tritlm import _core, kernels
 
@@ -109,29 +110,9 @@ def main() -> None:
     model, per_token, weights = build(a.threads, a.head)
     print(f"built 2B4T-shaped model in {time.perf_counter() - t0:.1f} s; "
           f"{per_token / 1e9:.3f} GB read per generated token (packed linears + {a.head} head)")
-    rng = np.random.default_rng(1)
-    pp, tg = [], []
-    bandwidth = 0.0
-    for _ in range(a.repeats):
-        bandwidth = max(bandwidth, _core.measure_read_bandwidth(1 << 30, a.threads, 3))
-        s = _core.Session(model, a.prompt + a.gen + 1, True, a.threads)
-        tokens = rng.integers(0, SHAPE["vocab_size"], a.prompt).astype(np.int32)
-        t = time.perf_counter()
-        s.eval(tokens, "last")
-        pp.append(a.prompt / (time.perf_counter() - t))
-        t = time.perf_counter()
-        for tok in rng.integers(0, SHAPE["vocab_size"], a.gen).astype(np.int32):
-            s.eval(np.array([tok], np.int32), "last")
-        tg.append(a.gen / (time.perf_counter() - t))
-    roofline = bandwidth / per_token
-
-    def fmt(xs: list[float]) -> str:
-        return f"{statistics.mean(xs):7.2f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:5.2f}"
-
-    print(f"threads {a.threads}, isa {_core.active_isa()}, read bandwidth {bandwidth / 1e9:.1f} GB/s "
-          f"-> roofline {roofline:.1f} tokens/s")
-    print(f"pp{a.prompt}: {fmt(pp)} tokens/s")
-    print(f"tg{a.gen}:  {fmt(tg)} tokens/s = {100 * statistics.mean(tg) / roofline:.0f}% of the roofline")
+    fig = measure(model, SHAPE["vocab_size"], per_token, threads=a.threads, prompt=a.prompt, gen=a.gen,
+                  repeats=a.repeats)
+    print("\n".join(fig.lines()))
     if a.gguf:
         del model
         load_figures({k: v for k, v in weights.items() if not k.startswith("output.q8")}, a.threads, a.gguf)

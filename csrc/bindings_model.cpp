@@ -183,10 +183,14 @@ void build(PyModel* self, const nb::dict& config, const nb::dict& weights) {
   Builder b(pm, weights);
   const int64_t q_dim = static_cast<int64_t>(c.n_heads) * c.head_dim, kv_dim = static_cast<int64_t>(c.n_kv_heads) * c.head_dim;
   m.token_embd = b.table("token_embd", c.vocab_size, c.dim);
-  if (weights.contains("output.q8"))
+  if (weights.contains("output.q8")) {
     m.output = b.q8_table("output.q8", "output.q8_scale", c.vocab_size, c.dim);
-  else
+  } else if (weights.contains("output") && nb::isinstance<PackedWeights>(weights["output"])) {
+    m.output_packed = b.linear("output", c.vocab_size, c.dim).packed;
+    m.output = m.token_embd;
+  } else {
     m.output = weights.contains("output") ? b.table("output", c.vocab_size, c.dim) : m.token_embd;
+  }
   m.output_norm = b.norm("output_norm", c.dim);
   for (int i = 0; i < c.n_layers; ++i) {
     const std::string p = "blk." + std::to_string(i) + ".";
@@ -231,9 +235,11 @@ nb::dict model_info(const PyModel& pm) {
   info["linear_bytes"] = linear_bytes;
   info["embedding_bytes"] = m.token_embd.nbytes();
   info["embedding_dtype"] = m.token_embd.f16 ? "f16" : "f32";
-  info["head_dtype"] = m.output.q8 ? "q8" : m.output.f16 ? "f16" : "f32";
-  info["tied_head"] = !m.output.q8 && m.output.f16 == m.token_embd.f16 && m.output.f32 == m.token_embd.f32;
-  info["head_bytes"] = m.output.nbytes();
+  const Linear packed_head{m.output_packed};
+  info["head_dtype"] = m.output_packed ? packed_head.kind() : m.output.q8 ? "q8" : m.output.f16 ? "f16" : "f32";
+  info["tied_head"] = !m.output_packed && !m.output.q8 && m.output.f16 == m.token_embd.f16 &&
+                      m.output.f32 == m.token_embd.f32;
+  info["head_bytes"] = m.output_packed ? packed_head.nbytes() : m.output.nbytes();
   return info;
 }
 

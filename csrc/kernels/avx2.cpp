@@ -11,6 +11,7 @@
 // objects share no out-of-line code the linker could mix up.
 #include <algorithm>
 #include <immintrin.h>
+#include <type_traits>
 
 #include "kernels.h"
 
@@ -87,35 +88,37 @@ struct TernaryBlock {
   }
   // sum(W * q) = sum(code * q) - sum(q)
   static int32_t correct(int32_t code_dot, int32_t q_sum) { return code_dot - q_sum; }
+  static __m256i correct(__m256i code_dot, __m256i q_sum) { return _mm256_sub_epi32(code_dot, q_sum); }
+  static __m128i correct(__m128i code_dot, __m128i q_sum) { return _mm_sub_epi32(code_dot, q_sum); }
 };
 
 struct BinaryBlock {
   static constexpr int64_t kBytes = 16;
   __m256i c[4];
   TRITLM_INLINE explicit BinaryBlock(const uint8_t* p) {
-    // Lane 0 holds the 16 bytes, lane 1 the same bytes shifted right by one bit, so shifting
-    // both by 2v exposes bit 2v (weights 32v..32v+15) and bit 2v+1 (weights 32v+16..32v+31).
-    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    const __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(raw), _mm_srli_epi16(raw, 1), 1);
+    // Both 128-bit lanes hold the 16 bytes; shifting lane 0's qwords right by 2v and lane 1's by
+    // 2v + 1 (one variable shift) moves bit 2v (weights 32v..32v+15) and bit 2v+1 (weights
+    // 32v+16..32v+31) of every byte to its bit 0. Bits that cross into the byte below are masked.
+    const __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     const __m256i mask = _mm256_set1_epi8(1);
-    c[0] = _mm256_and_si256(both, mask);
-    c[1] = _mm256_and_si256(_mm256_srli_epi16(both, 2), mask);
-    c[2] = _mm256_and_si256(_mm256_srli_epi16(both, 4), mask);
-    c[3] = _mm256_and_si256(_mm256_srli_epi16(both, 6), mask);
+    for (int v = 0; v < 4; ++v)
+      c[v] = _mm256_and_si256(_mm256_srlv_epi64(both, _mm256_setr_epi64x(2 * v, 2 * v, 2 * v + 1, 2 * v + 1)), mask);
   }
   // sum(W * q) = sum((2 * bit - 1) * q) = 2 * sum(bit * q) - sum(q)
   static int32_t correct(int32_t code_dot, int32_t q_sum) { return 2 * code_dot - q_sum; }
+  static __m256i correct(__m256i code_dot, __m256i q_sum) {
+    return _mm256_sub_epi32(_mm256_add_epi32(code_dot, code_dot), q_sum);
+  }
+  static __m128i correct(__m128i code_dot, __m128i q_sum) { return _mm_sub_epi32(_mm_add_epi32(code_dot, code_dot), q_sum); }
 };
 
 #if TRITLM_X86_VNNI
-// The exact dot product of unsigned codes and int8 activations, accumulated per 128-weight block.
-// vpdpbusd adds each group of four u8 x s8 products straight into int32 lanes. Its latency
-// (about 4 cycles) would bound a tile of few activation rows, so those spread a block over
-// four independent accumulators; a tile of eight already has enough independent work for two.
-// (The 32 vector registers of AVX-512 VL hold them all.)
-template <int BT>
+// The exact dot product of unsigned codes and int8 activations over one scale group, in int32
+// lanes. vpdpbusd adds each group of four u8 x s8 products straight into int32 lanes. Its latency
+// (about 4 cycles) would bound a single chain, so a block may be spread over kAcc independent
+// accumulators (the 32 vector registers of AVX-512 VL hold them).
+template <int kAcc>
 struct Dot {
-  static constexpr int kAcc = BT >= 8 ? 2 : 4;
   static constexpr int64_t kFlushBlocks = kMaxK / kBlock;  // int32 lanes never need a flush
   __m256i acc[kAcc];
   TRITLM_INLINE void reset() {
@@ -127,14 +130,19 @@ struct Dot {
                                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32 * i)));
   }
   TRITLM_INLINE void flush() {}
-  TRITLM_INLINE int32_t total() const {
+  // Eight int32 partial sums whose total is the dot product (after the group's last flush).
+  TRITLM_INLINE __m256i lanes() const {
     __m256i sum = acc[0];
     for (int i = 1; i < kAcc; ++i) sum = _mm256_add_epi32(sum, acc[i]);
-    return hsum_i32(sum);
+    return sum;
   }
 };
-#else
+// A tile of few activation rows spreads each block over four chains; eight rows have enough
+// independent work with two.
 template <int BT>
+using TileDot = Dot<BT >= 8 ? 2 : 4>;
+#else
+template <int kAcc>  // one int16 and one int32 register whatever kAcc
 struct Dot {
   // Blocks accumulated in int16 before widening: a block adds at most 4 * 512 = 2048 in
   // magnitude per lane (a maddubs lane is two products of |code| <= 2 and |q| <= 128), so 8
@@ -153,11 +161,52 @@ struct Dot {
     acc32 = _mm256_add_epi32(acc32, _mm256_madd_epi16(acc16, _mm256_set1_epi16(1)));
     acc16 = _mm256_setzero_si256();
   }
-  TRITLM_INLINE int32_t total() const { return hsum_i32(acc32); }
+  TRITLM_INLINE __m256i lanes() const { return acc32; }
 };
+template <int BT>
+using TileDot = Dot<1>;
 #endif
 
-// One weight row against BT activation rows starting at b0, over the whole of K.
+// Lane i of the result is the total of v[i]'s eight int32 lanes (exact: integer adds).
+TRITLM_INLINE __m256i lane_totals8(const __m256i (&v)[8]) {
+  const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+  const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+  // a's low 128 bits hold v[0..3]'s low-half totals, its high 128 bits their high-half totals.
+  return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+TRITLM_INLINE __m128i lane_totals4(const __m256i (&v)[4]) {
+  const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+  return _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+}
+
+// The dot products of the BT rows of a tile over one group of blocks [c0, end). GB > 0 states at
+// compile time that a group is GB blocks (few enough for one flush), which unrolls the loops.
+template <class Block, int GB = 0, class D, int BT>
+TRITLM_INLINE void group_dots(D (&dot)[BT], const uint8_t* row, const int8_t* const (&q)[BT], int64_t c0,
+                              int64_t end) {
+  TRITLM_UNROLL for (int t = 0; t < BT; ++t) dot[t].reset();
+  if constexpr (GB > 0) {
+    static_assert(GB <= D::kFlushBlocks);
+    for (int64_t blk = c0; blk < c0 + GB; ++blk) {
+      const Block wb(row + blk * Block::kBytes);
+      TRITLM_UNROLL for (int t = 0; t < BT; ++t) dot[t].add(wb.c, q[t] + blk * kBlock);
+    }
+    TRITLM_UNROLL for (int t = 0; t < BT; ++t) dot[t].flush();
+    return;
+  }
+  for (; c0 < end; c0 += D::kFlushBlocks) {
+    const int64_t c1 = c0 + std::min(D::kFlushBlocks, end - c0);
+    for (int64_t blk = c0; blk < c1; ++blk) {
+      const Block wb(row + blk * Block::kBytes);
+      TRITLM_UNROLL for (int t = 0; t < BT; ++t) dot[t].add(wb.c, q[t] + blk * kBlock);
+    }
+    TRITLM_UNROLL for (int t = 0; t < BT; ++t) dot[t].flush();
+  }
+}
+
+// One weight row against BT activation rows starting at b0, over the whole of K, one horizontal
+// sum per row and group: the path for few rows and few, long groups.
 template <class Block, int BT>
 TRITLM_INLINE void row_tile(const WeightView& w, const ActView& a, int64_t r, int64_t b0, float* y, int64_t ldy) {
   const int64_t nblocks = w.k / kBlock, gb = w.group_blocks, groups = w.groups();
@@ -169,23 +218,14 @@ TRITLM_INLINE void row_tile(const WeightView& w, const ActView& a, int64_t r, in
     acc[t] = 0.0f;
   }
   for (int64_t g = 0; g < groups; ++g) {
-    Dot<BT> dot[BT];
-    TRITLM_UNROLL for (int t = 0; t < BT; ++t) dot[t].reset();
-    const int64_t end = (g + 1) * gb;
-    for (int64_t c0 = g * gb; c0 < end; c0 += Dot<BT>::kFlushBlocks) {
-      const int64_t c1 = c0 + std::min(Dot<BT>::kFlushBlocks, end - c0);
-      for (int64_t blk = c0; blk < c1; ++blk) {
-        const Block wb(row + blk * Block::kBytes);
-        TRITLM_UNROLL for (int t = 0; t < BT; ++t) dot[t].add(wb.c, q[t] + blk * kBlock);
-      }
-      TRITLM_UNROLL for (int t = 0; t < BT; ++t) dot[t].flush();
-    }
+    TileDot<BT> dot[BT];
+    group_dots<Block>(dot, row, q, g * gb, (g + 1) * gb);
     const float scale = w.scales[r * groups + g];
     TRITLM_UNROLL for (int t = 0; t < BT; ++t) {
       const int32_t* sums = a.block_sums + (b0 + t) * nblocks;
       int32_t q_sum = 0;
       for (int64_t blk = g * gb; blk < (g + 1) * gb; ++blk) q_sum += sums[blk];
-      const int32_t isum = Block::correct(dot[t].total(), q_sum);
+      const int32_t isum = Block::correct(hsum_i32(dot[t].lanes()), q_sum);
       const float term = static_cast<float>(isum) * scale;
       acc[t] = acc[t] + term;
     }
@@ -193,19 +233,123 @@ TRITLM_INLINE void row_tile(const WeightView& w, const ActView& a, int64_t r, in
   TRITLM_UNROLL for (int t = 0; t < BT; ++t) y[(b0 + t) * ldy + r] = acc[t] / a.s[b0 + t];
 }
 
+// Decode (one activation row) with short groups of GB blocks (Q1_0: one block a group, TQ2_0:
+// two): the groups go eight at a time, each in its own accumulator; one transposing reduction
+// gives their eight dot products in one vector, whose offsets, conversions and scales are vector
+// operations. Only scalar.cpp's running sum stays scalar, group by group in order.
+template <class Block, int GB>
+TRITLM_INLINE void row_decode(const WeightView& w, const ActView& a, int64_t r, int64_t b, float* y, int64_t ldy) {
+  static_assert(GB <= Dot<1>::kFlushBlocks);
+  const int64_t nblocks = w.k / kBlock, groups = w.groups();
+  const uint8_t* row = w.codes + r * nblocks * Block::kBytes;
+  const int8_t* q[1] = {a.q + b * a.k};
+  const int32_t* sums = a.block_sums + b * nblocks;
+  const float* scales = w.scales + r * groups;
+  float acc = 0.0f;
+  int64_t g = 0;
+  for (; g + 8 <= groups; g += 8) {
+    __m256i lanes[8];
+    alignas(32) int32_t q_sums[8];
+    TRITLM_UNROLL for (int i = 0; i < 8; ++i) {
+      Dot<2> dot[1];
+      group_dots<Block, GB>(dot, row, q, (g + i) * GB, 0);
+      lanes[i] = dot[0].lanes();
+      q_sums[i] = 0;
+      for (int j = 0; j < GB; ++j) q_sums[i] += sums[(g + i) * GB + j];
+    }
+    const int32_t* group_sums = GB == 1 ? sums + g : q_sums;  // one block a group: the block sums
+    const __m256i isum =
+        Block::correct(lane_totals8(lanes), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(group_sums)));
+    alignas(32) float terms[8];
+    _mm256_store_ps(terms, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_loadu_ps(scales + g)));
+    TRITLM_UNROLL for (int i = 0; i < 8; ++i) acc = acc + terms[i];
+  }
+  for (; g < groups; ++g) {
+    Dot<1> dot[1];
+    group_dots<Block, GB>(dot, row, q, g * GB, 0);
+    int32_t q_sum = 0;
+    for (int j = 0; j < GB; ++j) q_sum += sums[g * GB + j];
+    const float term = static_cast<float>(Block::correct(hsum_i32(dot[0].lanes()), q_sum)) * scales[g];
+    acc = acc + term;
+  }
+  y[b * ldy + r] = acc / a.s[b];
+}
+
+// One weight row against a tile of BT = 4 or 8 activation rows: per group, one transposing
+// reduction gives the BT rows' dot products in one vector, and scalar.cpp's per-row running sums
+// are the lanes of one float vector (each lane adds its terms in group order, as scalar.cpp does).
+// tile_qsums[g * BT + t] is activation row b0 + t's sum of q over group g.
+template <class Block, int BT, int GB>
+TRITLM_INLINE void row_tile_lanes(const WeightView& w, const ActView& a, const int32_t* tile_qsums, int64_t r,
+                                  int64_t b0, float* y, int64_t ldy) {
+  static_assert(BT == 4 || BT == 8);
+  using FV = std::conditional_t<BT == 8, __m256, __m128>;
+  const int64_t nblocks = w.k / kBlock, gb = w.group_blocks, groups = w.groups();
+  const uint8_t* row = w.codes + r * nblocks * Block::kBytes;
+  const int8_t* q[BT];
+  TRITLM_UNROLL for (int t = 0; t < BT; ++t) q[t] = a.q + (b0 + t) * a.k;
+  FV acc;
+  if constexpr (BT == 8) acc = _mm256_setzero_ps(); else acc = _mm_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    Dot<1> dot[BT];
+    group_dots<Block, GB>(dot, row, q, g * gb, (g + 1) * gb);
+    __m256i lanes[BT];
+    TRITLM_UNROLL for (int t = 0; t < BT; ++t) lanes[t] = dot[t].lanes();
+    const int32_t* qs = tile_qsums + g * BT;
+    const float scale = w.scales[r * groups + g];
+    if constexpr (BT == 8) {
+      const __m256i isum = Block::correct(lane_totals8(lanes), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs)));
+      acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(scale)));
+    } else {
+      const __m128i isum = Block::correct(lane_totals4(lanes), _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs)));
+      acc = _mm_add_ps(acc, _mm_mul_ps(_mm_cvtepi32_ps(isum), _mm_set1_ps(scale)));
+    }
+  }
+  alignas(32) float out[BT];
+  if constexpr (BT == 8) _mm256_store_ps(out, _mm256_div_ps(acc, _mm256_loadu_ps(a.s + b0)));
+  else _mm_store_ps(out, _mm_div_ps(acc, _mm_loadu_ps(a.s + b0)));
+  TRITLM_UNROLL for (int t = 0; t < BT; ++t) y[(b0 + t) * ldy + r] = out[t];
+}
+
 // Activation rows go in tiles of 8 (then 4, 2, 1), so each unpacked weight block serves up to
 // eight rows; rows of W are the inner loop so a tile of activations stays in cache.
 template <class Block>
 void matmul(const WeightView& w, const ActView& a, int64_t r0, int64_t r1, float* y, int64_t ldy) {
+  const int64_t nblocks = w.k / kBlock, gb = w.group_blocks, groups = w.groups();
+  // Each tile's per-group activation sums, transposed so that a group's are contiguous. (A plain
+  // new[]: a std::vector method would be a COMDAT function built with this object's ISA flags.)
+  int32_t* const qsums = a.rows >= 4 ? new int32_t[groups * 8] : nullptr;
+  auto tile_qsums = [&](int64_t b0, int bt) {
+    for (int64_t i = 0; i < groups * bt; ++i) qsums[i] = 0;
+    for (int t = 0; t < bt; ++t)
+      for (int64_t blk = 0; blk < nblocks; ++blk) qsums[blk / gb * bt + t] += a.block_sums[(b0 + t) * nblocks + blk];
+    return qsums;
+  };
   int64_t b0 = 0;
-  for (; b0 + 8 <= a.rows; b0 += 8)
-    for (int64_t r = r0; r < r1; ++r) row_tile<Block, 8>(w, a, r, b0, y, ldy);
-  for (; b0 + 4 <= a.rows; b0 += 4)
-    for (int64_t r = r0; r < r1; ++r) row_tile<Block, 4>(w, a, r, b0, y, ldy);
+  for (; b0 + 8 <= a.rows; b0 += 8) {
+    const int32_t* qs = tile_qsums(b0, 8);
+    if (gb == 1) {
+      for (int64_t r = r0; r < r1; ++r) row_tile_lanes<Block, 8, 1>(w, a, qs, r, b0, y, ldy);
+    } else {
+      for (int64_t r = r0; r < r1; ++r) row_tile_lanes<Block, 8, 0>(w, a, qs, r, b0, y, ldy);
+    }
+  }
+  for (; b0 + 4 <= a.rows; b0 += 4) {
+    const int32_t* qs = tile_qsums(b0, 4);
+    for (int64_t r = r0; r < r1; ++r) row_tile_lanes<Block, 4, 0>(w, a, qs, r, b0, y, ldy);
+  }
   for (; b0 + 2 <= a.rows; b0 += 2)
     for (int64_t r = r0; r < r1; ++r) row_tile<Block, 2>(w, a, r, b0, y, ldy);
-  for (; b0 < a.rows; ++b0)
-    for (int64_t r = r0; r < r1; ++r) row_tile<Block, 1>(w, a, r, b0, y, ldy);
+  for (; b0 < a.rows; ++b0) {
+    if (gb == 1) {
+      for (int64_t r = r0; r < r1; ++r) row_decode<Block, 1>(w, a, r, b0, y, ldy);
+    } else if (gb == 2) {
+      for (int64_t r = r0; r < r1; ++r) row_decode<Block, 2>(w, a, r, b0, y, ldy);
+    } else {  // long groups: one horizontal sum per group costs little
+      for (int64_t r = r0; r < r1; ++r) row_tile<Block, 1>(w, a, r, b0, y, ldy);
+    }
+  }
+  delete[] qsums;
 }
 
 // ------------------------------------------------------------------------------------------

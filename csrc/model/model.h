@@ -54,6 +54,7 @@ struct Model {
   Config config;
   Table token_embd;
   Table output;  // the tied embedding when the file has no separate head
+  const PackedWeights* output_packed = nullptr;  // a 1-bit head (GGUF Q1_0), run like the linears
   std::vector<float> output_norm;
   std::vector<Layer> layers;
 };

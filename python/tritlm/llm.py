@@ -49,7 +49,8 @@ class LLM:
         kv_budget_tokens: int | None = None,
     ) -> None:
         """``head="q8"`` keeps the output head as int8 rows with a scale each: half the bytes of
-        f16, and at 2B4T size the head is the largest tensor read per token.
+        f16, and at 2B4T size the head is the largest tensor read per token. A 1-bit head (GGUF
+        Q1_0) runs on the binary kernel whatever ``head`` says.
 
         ``max_seqs`` sequences run together (each with a KV cache of ``n_ctx`` positions, whose
         memory is only touched as it fills); ``max_batch_tokens`` bounds one step, and so the
@@ -63,7 +64,7 @@ class LLM:
         settings = SchedulerSettings(max_seqs, max_batch_tokens, max_waiting, kv_budget_tokens)
         settings.check(n_ctx)
         self.spec = load_model(os.fspath(path))
-        if head == "q8":
+        if head == "q8" and not isinstance(self.spec.weights.get("output"), kernels.PackedWeights):
             table = self.spec.weights.pop("output", None)
             q8, scale = kernels.quantize_rows_q8(table if table is not None else self.spec.weights["token_embd"])
             self.spec.weights["output.q8"], self.spec.weights["output.q8_scale"] = q8, scale

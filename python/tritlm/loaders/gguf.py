@@ -74,12 +74,18 @@ _BOOL = 7
 #       sub-norms, uses SiLU unless `bitnet.hidden_activation` says otherwise, and NEOX RoPE.
 #   llama: a Llama with ternary weights; llama.cpp's converter permutes the rows of attn_q/attn_k
 #       for its interleaved RoPE, which this loader undoes (tritlm's RoPE is rotate-half).
+#   qwen3: Qwen3 (PrismML's Bonsai 1-bit models among them); src/models/qwen3.cpp requires
+#       attn_q_norm / attn_k_norm [head_dim] (an RMSNorm over each head before RoPE), gated SiLU,
+#       NEOX RoPE, no sub-norms; the converter (Qwen2Model's) does not permute q/k.
 _ARCHS = {
     "bitnet-b1.58": ("bitnet-b1.58", "relu2", True),
     "bitnet-25": ("bitnet-b1.58", "relu2", True),
     "bitnet": ("bitnet", "silu", True),
     "llama": ("llama", "silu", None),  # sub-norms if the file has them
+    "qwen3": ("qwen3", "silu", False),
 }
+# Architectures whose attention normalizes each head of q and k (attn_q_norm / attn_k_norm).
+_QK_NORM_ARCHS = frozenset({"qwen3"})
 _ACTIVATIONS = {
     "relu2": "relu2", "relu_sqr": "relu2", "relu_squared": "relu2", "squared_relu": "relu2",
     "silu": "silu", "swish": "silu", "swiglu": "silu",
@@ -461,6 +467,9 @@ class _Loader:
             raise _Corrupt(f"RoPE scaling {scaling!r} (factor {factor}) is not supported")
         if "rope_freqs.weight" in f.tensors:
             raise _Corrupt("per-frequency RoPE factors (rope_freqs) are not supported")
+        bias = next((n for n in f.tensors if n.endswith(".bias")), None)
+        if bias is not None:
+            raise _Corrupt(f"tensor {bias}: biases are not supported")
         act_key = next((k for k in (f"{a}.hidden_activation", f"{a}.hidden_act") if k in f.fields), None)
         if act_key is not None:
             name = self._get(act_key, (str,))
@@ -481,6 +490,8 @@ class _Loader:
             "rope_theta": float(rope_theta), "norm_eps": float(norm_eps),
             "activation": activation, "sub_norms": bool(sub_norms),
         }
+        if arch in _QK_NORM_ARCHS:
+            config["qk_norm"] = True
         if max_position is not None and max_position > 0:
             config["max_position"] = int(max_position)
         check_config(config, self.path)
@@ -493,15 +504,19 @@ class _Loader:
         types: dict[str, str] = {}
         # check every shape before decoding anything
         tinfo = {}
+        for i in range(n_layers):
+            tinfo.update(self.split_qkv(i, shapes))
         for name, shape in shapes.items():
-            t = self.tensor(name)
+            t = tinfo.get(name) or self.tensor(name)
             self.check_shape(name, t, shape)
             tinfo[name] = t
         for name, t in tinfo.items():
             types[name] = t.type_name
             base = name.rsplit(".", 1)[-1]
-            if name in ("token_embd", "output"):
-                weights[name] = f.dense(t, keep_f16=True)
+            if name == "output" and t.type_id == GGML_TYPE_Q1_0:
+                weights[name] = self.linear(name, t, None)  # a 1-bit head stays 1-bit, on the binary kernel
+            elif name in ("token_embd", "output"):
+                weights[name] = self.table(name, t)
             elif base in LINEAR_NAMES:
                 heads = None
                 if arch == "llama" and base in ("attn_q", "attn_k"):
@@ -517,6 +532,11 @@ class _Loader:
             else:
                 weights[name] = f.dense(t).reshape(shapes[name])
 
+        if out_t is None and embd.type_id == GGML_TYPE_Q1_0:
+            # Tied to a 1-bit embedding: the lookups use its exact float16 copy, the head its
+            # bits (1.125 bits a weight read per token instead of 16).
+            weights["output"] = self.linear("token_embd", embd, None)
+            types["output"] = embd.type_name
         tokenizer, template, bos, eos_ids, add_bos = self.tokenizer(vocab)
         spec = ModelSpec(
             path=self.path, config=config, weights=weights, tensor_types=types, tokenizer=tokenizer,
@@ -524,6 +544,51 @@ class _Loader:
         )
         validate_spec(spec)
         return spec
+
+    def split_qkv(self, layer: int, shapes: dict) -> dict[str, GGUFTensor]:
+        """attn_q / attn_k / attn_v of a file that stores them fused as attn_qkv (llama.cpp loads
+        either): the fused rows are q's, then k's, then v's, so each part is a run of whole rows
+        of the same type, viewed in place."""
+        p = f"blk.{layer}."
+        t = self.tensor(p + "attn_qkv", required=False)
+        if t is None:
+            return {}
+        if self.tensor(p + "attn_q", required=False) is not None:
+            raise _Corrupt(f"layer {layer} has both attn_qkv and attn_q")
+        parts = [(p + n, shapes[p + n][0]) for n in ("attn_q", "attn_k", "attn_v")]
+        rows = sum(r for _, r in parts)
+        self.check_shape(p + "attn_qkv", t, (rows, shapes[p + "attn_q"][1]))
+        row_bytes = t.nbytes // rows
+        out, start = {}, 0
+        for name, r in parts:
+            out[name] = GGUFTensor(name + ".weight", (t.ne[0], r), t.type_id, t.offset + start * row_bytes, r * row_bytes)
+            start += r
+        return out
+
+    def table(self, name: str, t: GGUFTensor) -> np.ndarray:
+        """The embedding or output head as a float table. Q1_0 values (+-d with d an fp16) are
+        exactly float16, so they become a float16 table; other types go through dense()."""
+        if t.type_id != GGML_TYPE_Q1_0:
+            return self.f.dense(t, keep_f16=True)
+        n, k = t.shape
+        blocks = self.q1_0_blocks(name, t).reshape(n, k // 128, 18)
+        out = np.empty((n, k), dtype=np.float16)
+        step = 4096  # rows at a time: the unpacked bits of a whole 150k-row table would take GBs
+        for r in range(0, n, step):
+            part = blocks[r:r + step]
+            d = part[:, :, :2].copy().view("<f2")  # [rows, k/128, 1]
+            bits = np.unpackbits(part[:, :, 2:], axis=2, bitorder="little")  # weight j: bit j % 8 of byte j / 8
+            out[r:r + step] = np.where(bits.astype(bool), d, -d).reshape(-1, k)
+        return out
+
+    def q1_0_blocks(self, name: str, t: GGUFTensor) -> np.ndarray:
+        """A Q1_0 tensor's bytes, after checking that every block's fp16 scale is finite."""
+        data = self.f.raw(t)
+        d = data.reshape(-1, 18)[:, :2].copy().view("<u2")
+        bad = np.flatnonzero((d & 0x7C00) == 0x7C00)
+        if bad.size:
+            raise _Corrupt(f"tensor {name}.weight (Q1_0): block {int(bad[0])} has a non-finite scale")
+        return data
 
     def linear(self, name: str, t: GGUFTensor, heads: int | None):
         from .. import kernels
@@ -536,7 +601,7 @@ class _Loader:
         }.get(t.type_id)
         try:
             if repack is not None:
-                data = self.f.raw(t)
+                data = self.q1_0_blocks(name, t) if t.type_id == GGML_TYPE_Q1_0 else self.f.raw(t)
                 if idx is not None:  # every row is a whole number of blocks: move rows as bytes
                     data = data.reshape(n, -1)[idx].reshape(-1)
                 return repack(data, n, k)
@@ -613,7 +678,7 @@ class _Loader:
 
 
 def load_gguf(path: str | os.PathLike) -> ModelSpec:
-    """Load a GGUF model (bitnet-b1.58, bitnet-25, bitnet or llama architecture)."""
+    """Load a GGUF model (bitnet-b1.58, bitnet-25, bitnet, llama or qwen3 architecture)."""
     path = os.fspath(path)
     f = read_gguf(path)
     try:

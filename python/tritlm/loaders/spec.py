@@ -84,6 +84,9 @@ def expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
         if config["sub_norms"]:
             shapes[p + "attn_sub_norm"] = (q,)
             shapes[p + "ffn_sub_norm"] = (f,)
+        if config.get("qk_norm"):
+            shapes[p + "attn_q_norm"] = (hd,)
+            shapes[p + "attn_k_norm"] = (hd,)
         shapes[p + "attn_q"] = (q, d)
         shapes[p + "attn_k"] = (kv, d)
         shapes[p + "attn_v"] = (kv, d)
@@ -124,6 +127,8 @@ def check_config(config: dict, where: str) -> None:
         fail(f"activation must be 'relu2' or 'silu', got {config.get('activation')!r}")
     if not isinstance(config.get("sub_norms"), bool):
         fail("sub_norms must be a bool")
+    if not isinstance(config.get("qk_norm", False), bool):
+        fail("qk_norm must be a bool")
     mp = config.get("max_position")
     if mp is not None and (isinstance(mp, bool) or not isinstance(mp, int) or mp <= 0):
         fail(f"max_position must be a positive integer, got {mp!r}")
@@ -155,7 +160,7 @@ def validate_spec(spec: ModelSpec) -> None:
                 ok = w.dtype == np.float32
             if not ok:
                 raise ModelLoadError(f"{where}: tensor {name} has dtype {w.dtype}")
-        elif len(shape) != 2 or name in ("token_embd", "output"):
+        elif len(shape) != 2 or name == "token_embd":  # a packed output is a 1-bit head (GGUF Q1_0)
             raise ModelLoadError(f"{where}: tensor {name} must be a float array, got {type(w).__name__}")
     extra = set(spec.weights) - set(shapes)
     if extra:
