@@ -53,7 +53,7 @@ def test_config_file_env_and_command_line_layer(model: Path, tmp_path: Path) -> 
     toml.write_text(
         '[server]\nport = 9001\napi_key = "sk-file"\nheader_timeout = 3\nmax_waiting = 5\n'
         '[models.chat]\npath = "m"\nuse = ["chat"]\nctx = 256\n[models.chat.defaults]\ntemperature = 0.2\nmax_tokens = 9\n'
-        '[models.embed]\npath = "m"\nuse = ["embedding"]\nmax_running = 2\n'
+        '[models.embed]\npath = "m"\nuse = ["embedding"]\nmax_running = 2\nmax_batch_tokens = 64\n'
     )
     c = build_config(["--config", str(toml)], environ={"TRITLM_PORT": "9002", "TRITLM_HOST": "0.0.0.0"})
     assert (c.host, c.port, c.api_keys, c.limits.header_timeout) == ("0.0.0.0", 9002, ("sk-file",), 3.0)
@@ -61,6 +61,11 @@ def test_config_file_env_and_command_line_layer(model: Path, tmp_path: Path) -> 
     assert chat.path == str(tmp_path / "m") and chat.uses == ("chat",) and chat.n_ctx == 256
     assert chat.defaults == {"temperature": 0.2, "max_tokens": 9}
     assert c.model_settings(embed).max_running == 2 and c.model_settings(embed).max_waiting == 5
+    assert c.model_settings(embed).max_batch_tokens == 64 and c.model_settings(chat).max_batch_tokens == 128
+    c2 = build_config(["--model", str(model), "--max-batch-tokens", "32", "--max-running", "4"], environ={})
+    assert (c2.model_settings(c2.models[0]).max_batch_tokens, c2.model_settings(c2.models[0]).max_running) == (32, 4)
+    with pytest.raises(ConfigurationError, match="max_batch_tokens must be positive"):
+        build_config(["--model", str(model), "--max-batch-tokens", "0"], environ={})
     c = build_config(["--config", str(toml), "--port", "9003", "--model", str(model), "--model-id", "extra",
                       "--api-key", "k1", "--api-key", "k2"], environ={"TRITLM_PORT": "9002"})
     assert c.port == 9003 and c.api_keys == ("k1", "k2") and [m.id for m in c.models] == ["chat", "embed", "extra"]

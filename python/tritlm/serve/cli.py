@@ -36,6 +36,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--ctx", type=int, help="context size in tokens (default 4096)")
     p.add_argument("--head", choices=["f16", "q8"], default="f16", help="output head precision for --model")
     p.add_argument("--max-running", type=int, help="sequences decoded together per model, in one batched step (default 8)")
+    p.add_argument("--max-batch-tokens", type=int,
+                   help="tokens per engine step: running decodes first, then prompt chunks (default 128)")
     p.add_argument("--max-waiting", type=int, help="requests queued per model before 429 (default 64)")
     p.add_argument("--cors-origin", action="append", help="browser origin allowed to call the API (repeatable, '*' for any)")
     p.add_argument("--log-level", choices=LOG_LEVELS, help="default info: one access log line per request")
@@ -62,7 +64,8 @@ def build_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
     config = apply_settings(config, from_env, "environment")
     config = apply_settings(config, {
         "host": a.host, "port": a.port, "api_keys": a.api_key, "threads": a.threads, "ctx": a.ctx,
-        "max_running": a.max_running, "max_waiting": a.max_waiting, "cors_origins": a.cors_origin,
+        "max_running": a.max_running, "max_waiting": a.max_waiting,
+        "max_batch_tokens": a.max_batch_tokens, "cors_origins": a.cors_origin,
         "log_level": a.log_level,
     }, "command line")
     path = a.model or env.get("TRITLM_MODEL")

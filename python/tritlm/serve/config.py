@@ -33,6 +33,7 @@ class ModelConfig:
     head: str = "f16"
     max_running: int | None = None
     max_waiting: int | None = None
+    max_batch_tokens: int | None = None
     owned_by: str = "tritlm"
     defaults: dict[str, Any] = field(default_factory=dict)
 
@@ -49,6 +50,7 @@ class ServeConfig:
     threads: int | None = None
     max_running: int = 8  # sequences the engine decodes together (its max_seqs)
     max_waiting: int = 64
+    max_batch_tokens: int = 128  # tokens per engine step: the running decodes, then prompt chunks
     limits: Limits = field(default_factory=Limits)
     models: tuple[ModelConfig, ...] = ()
 
@@ -60,13 +62,15 @@ class ServeConfig:
             threads=m.threads if m.threads is not None else self.threads,
             max_running=m.max_running if m.max_running is not None else self.max_running,
             max_waiting=m.max_waiting if m.max_waiting is not None else self.max_waiting,
+            max_batch_tokens=m.max_batch_tokens if m.max_batch_tokens is not None else self.max_batch_tokens,
         )
 
 
 _LIMIT_KEYS = {f.name for f in fields(Limits)}
 _SERVER_KEYS = {"host", "port", "api_key", "api_keys", "cors_origins", "log_level", "ping_interval", "ctx",
-                "threads", "max_running", "max_waiting", *_LIMIT_KEYS}
-_MODEL_KEYS = {"path", "use", "ctx", "threads", "head", "max_running", "max_waiting", "owned_by", "defaults"}
+                "threads", "max_running", "max_waiting", "max_batch_tokens", *_LIMIT_KEYS}
+_MODEL_KEYS = {"path", "use", "ctx", "threads", "head", "max_running", "max_waiting", "max_batch_tokens",
+               "owned_by", "defaults"}
 
 
 def _unknown(table: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -117,6 +121,7 @@ def load_file(path: str | os.PathLike[str], base: ServeConfig | None = None) -> 
             head=_typed(table.get("head", "f16"), str, f"{where} head"),
             max_running=_typed(table.get("max_running"), (int, type(None)), f"{where} max_running"),
             max_waiting=_typed(table.get("max_waiting"), (int, type(None)), f"{where} max_waiting"),
+            max_batch_tokens=_typed(table.get("max_batch_tokens"), (int, type(None)), f"{where} max_batch_tokens"),
             owned_by=_typed(table.get("owned_by", "tritlm"), str, f"{where} owned_by"),
             defaults=_typed(table.get("defaults", {}), dict, f"{where} defaults"),
         ))
@@ -134,7 +139,7 @@ def model_config(model_id: str, path: str, **kw: Any) -> ModelConfig:
         raise ConfigurationError(f"{where}: use must list some of {', '.join(USES)}, got {list(m.uses)}")
     if m.head not in ("f16", "q8"):
         raise ConfigurationError(f"{where}: head must be 'f16' or 'q8', got {m.head!r}")
-    for name in ("n_ctx", "threads", "max_running"):
+    for name in ("n_ctx", "threads", "max_running", "max_batch_tokens"):
         value = getattr(m, name)
         if value is not None and value < 1:
             raise ConfigurationError(f"{where}: {name} must be positive, got {value}")
@@ -159,7 +164,7 @@ def apply_settings(config: ServeConfig, settings: dict[str, Any], where: str) ->
             limits[key] = _typed(value, kind, at)
         elif key in ("host", "log_level"):
             changes[key] = _typed(value, str, at)
-        elif key in ("port", "max_running", "max_waiting", "threads"):
+        elif key in ("port", "max_running", "max_waiting", "max_batch_tokens", "threads"):
             changes[key] = _typed(value, int, at)
         elif key == "ctx":
             changes["n_ctx"] = _typed(value, int, at)
@@ -175,7 +180,7 @@ def apply_settings(config: ServeConfig, settings: dict[str, Any], where: str) ->
         raise ConfigurationError(f"{where} log_level must be one of {', '.join(LOG_LEVELS)}, got {changes['log_level']!r}")
     if not 0 <= changes.get("port", config.port) <= 65535:
         raise ConfigurationError(f"{where} port must be 0..65535, got {changes['port']}")
-    for name in ("max_running", "n_ctx", "threads"):
+    for name in ("max_running", "max_batch_tokens", "n_ctx", "threads"):
         if changes.get(name) is not None and changes[name] < 1:
             raise ConfigurationError(f"{where} {name} must be positive, got {changes[name]}")
     if changes.get("ping_interval", 1.0) <= 0:

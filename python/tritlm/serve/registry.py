@@ -89,7 +89,7 @@ class Registry:
         # The server's admission queue hands the engine at most max_running sequences at once,
         # so the engine's own slots match it.
         return LLM(cfg.path, n_threads=cfg.threads, n_ctx=cfg.n_ctx or 4096, head=cfg.head,
-                   max_seqs=cfg.max_running or 8)
+                   max_seqs=cfg.max_running or 8, max_batch_tokens=cfg.max_batch_tokens or 128)
 
     def close(self) -> None:
         for served in self._models.values():
