@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import _core, kernels
+from .bundled import default_model_path
 from .chat_template import render_chat
 from .errors import ContextOverflowError
 from .loaders import load_model
@@ -28,11 +29,12 @@ Message = dict[str, Any]
 
 
 class LLM:
-    """A loaded model. ``path`` is a GGUF file or a Hugging Face folder."""
+    """A loaded model. ``path`` is a GGUF file or a Hugging Face folder; None (the default) is
+    the small model bundled with tritlm (``tritlm.default_model_path()``)."""
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | None = None,
         *,
         n_threads: int | None = None,
         n_ctx: int = 4096,
@@ -45,7 +47,7 @@ class LLM:
             raise ValueError(f"n_ctx must be positive, got {n_ctx}")
         if head not in ("f16", "q8"):
             raise ValueError(f"head must be 'f16' or 'q8', got {head!r}")
-        self.spec = load_model(os.fspath(path))
+        self.spec = load_model(default_model_path() if path is None else os.fspath(path))
         if head == "q8":
             table = self.spec.weights.pop("output", None)
             q8, scale = kernels.quantize_rows_q8(table if table is not None else self.spec.weights["token_embd"])
