@@ -197,19 +197,6 @@ def save_hf(model: BitNetLM, folder: str, extra_config: dict | None = None) -> N
         json.dump(cfg, f, indent=1)
 
 
-def load_hf(folder: str) -> BitNetLM:
-    """The model ``save_hf`` wrote (f32, eval mode)."""
-    from safetensors.torch import load_file
-
-    with open(os.path.join(folder, "config.json")) as f:
-        cfg = json.load(f)
-    s = Shape(**{k: cfg[k] for k in Shape.__dataclass_fields__ if k != "rope_theta"},
-              rope_theta=cfg["rope_parameters"]["rope_theta"])
-    model = BitNetLM(s)
-    model.load_state_dict(load_file(os.path.join(folder, "model.safetensors")))
-    return model.eval()
-
-
 def master_for(wq: torch.Tensor) -> torch.Tensor:
     """A master weight that ``quantize_weight`` maps back to ``wq`` (ternary codes times one
     multiplier m), up to f32 rounding: the codes scaled so that their mean |w| is m. It lets a
