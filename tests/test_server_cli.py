@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+import tritlm
 from server_harness import tiny_model
 from tritlm.errors import ConfigurationError
 from tritlm.serve import build_config
@@ -31,10 +32,9 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def test_without_a_model_it_says_what_to_pass() -> None:
-    r = subprocess.run(SERVE, capture_output=True, text=True, env=clean_env(), timeout=60)
-    assert r.returncode == 2
-    assert "--model PATH" in r.stderr and "TRITLM_MODEL" in r.stderr and "--config" in r.stderr
+def test_without_a_model_it_serves_the_bundled_one() -> None:
+    c = build_config([], environ={})
+    assert [(m.id, m.path) for m in c.models] == [("kjv-bitnet-b1.58-11m", tritlm.default_model_path())]
 
 
 def test_bad_settings_are_named(model: Path, tmp_path: Path) -> None:

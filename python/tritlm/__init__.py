@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from . import _core, kernels
+from .bundled import default_model_path
 from .errors import ConfigurationError, ContextOverflowError, ModelLoadError, TritlmError
 
 __version__ = "0.1.0"
@@ -15,6 +16,7 @@ __all__ = [
     "ContextOverflowError",
     "ModelLoadError",
     "TritlmError",
+    "default_model_path",
     "get_num_threads",
     "kernels",
     "set_num_threads",

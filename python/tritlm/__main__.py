@@ -14,7 +14,8 @@ from .errors import TritlmError
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-m", "--model", required=True, help="GGUF file or Hugging Face folder")
+    p.add_argument("-m", "--model", default=None,
+                   help="GGUF file or Hugging Face folder (default: the model bundled with tritlm)")
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
     p.add_argument("-c", "--ctx", type=int, default=4096, help="context size in tokens")
     p.add_argument("--head", choices=["f16", "q8"], default="f16", help="output head precision")

@@ -18,6 +18,7 @@ import anyio.to_thread
 import numpy as np
 
 from . import _core, kernels
+from .bundled import default_model_path
 from .chat_template import render_chat
 from .errors import ContextOverflowError
 from .loaders import load_model
@@ -33,11 +34,12 @@ STREAM_BUFFER = 32
 
 
 class LLM:
-    """A loaded model. ``path`` is a GGUF file or a Hugging Face folder."""
+    """A loaded model. ``path`` is a GGUF file or a Hugging Face folder; None (the default) is
+    the small model bundled with tritlm (``tritlm.default_model_path()``)."""
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | None = None,
         *,
         n_threads: int | None = None,
         n_ctx: int = 4096,
@@ -63,7 +65,7 @@ class LLM:
             raise ValueError(f"head must be 'f16' or 'q8', got {head!r}")
         settings = SchedulerSettings(max_seqs, max_batch_tokens, max_waiting, kv_budget_tokens)
         settings.check(n_ctx)
-        self.spec = load_model(os.fspath(path))
+        self.spec = load_model(default_model_path() if path is None else os.fspath(path))
         if head == "q8" and not isinstance(self.spec.weights.get("output"), kernels.PackedWeights):
             table = self.spec.weights.pop("output", None)
             q8, scale = kernels.quantize_rows_q8(table if table is not None else self.spec.weights["token_embd"])

@@ -4,7 +4,7 @@ model registry, metrics, energy accounting, logging and the process's lifetime. 
 
 from .cli import build_config, main
 from .config import ModelConfig, ServeConfig
-from .registry import default_model_path
+from ..bundled import default_model_path
 from .service import Service
 
 __all__ = ["ModelConfig", "ServeConfig", "Service", "build_config", "default_model_path", "main"]

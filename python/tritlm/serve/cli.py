@@ -12,9 +12,10 @@ from dataclasses import replace
 
 import anyio
 
-from ..errors import ConfigurationError
+from ..bundled import default_model_path
+from ..errors import ConfigurationError, ModelLoadError
 from .config import LOG_LEVELS, ServeConfig, apply_settings, load_file, model_config, model_id_for
-from .registry import NO_MODEL, default_model_path
+from .registry import NO_MODEL
 
 ENV = {"TRITLM_HOST": "host", "TRITLM_PORT": "port", "TRITLM_API_KEY": "api_key"}
 log = logging.getLogger("tritlm.serve")
@@ -26,7 +27,7 @@ def parser() -> argparse.ArgumentParser:
         description="Serve tritlm models over an OpenAI-compatible HTTP API.",
         epilog="Environment: TRITLM_MODEL, TRITLM_HOST, TRITLM_PORT, TRITLM_API_KEY (the command line wins).",
     )
-    p.add_argument("-m", "--model", help="GGUF file or Hugging Face folder to serve (env TRITLM_MODEL)")
+    p.add_argument("-m", "--model", help="GGUF file or Hugging Face folder to serve (env TRITLM_MODEL; default: the bundled model)")
     p.add_argument("--model-id", help="the id clients send as 'model' (default: the file or folder name)")
     p.add_argument("--config", help="TOML file with [server] settings and [models.ID] tables")
     p.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
@@ -69,10 +70,11 @@ def build_config(argv: Sequence[str] | None = None, environ: dict[str, str] | No
         "log_level": a.log_level,
     }, "command line")
     path = a.model or env.get("TRITLM_MODEL")
-    if not path and not config.models:
-        path = default_model_path()
-        if path is None:
-            raise ConfigurationError(NO_MODEL)
+    if not path and not config.models:  # the model bundled with tritlm
+        try:
+            path = default_model_path()
+        except ModelLoadError:
+            raise ConfigurationError(NO_MODEL) from None
     if path:
         model = model_config(a.model_id or model_id_for(path), path, head=a.head)
         config = replace(config, models=(*config.models, model))

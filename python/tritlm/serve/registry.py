@@ -18,13 +18,8 @@ from .config import ModelConfig, ServeConfig
 log = logging.getLogger("tritlm.serve")
 
 
-def default_model_path() -> str | None:
-    """The model served when none is configured. None until tritlm bundles a default model."""
-    return None
-
-
 NO_MODEL = (
-    "no model to serve: pass --model PATH (a GGUF file or a Hugging Face BitNet folder), set "
+    "no model to serve (and the bundled model is missing from this installation): pass --model PATH (a GGUF file or a Hugging Face BitNet folder), set "
     "TRITLM_MODEL=PATH, or list models in a TOML file given with --config"
 )
 
