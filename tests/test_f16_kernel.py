@@ -63,14 +63,17 @@ def assert_matches_float64(hidden: np.ndarray, head: np.ndarray, got: np.ndarray
     assert (err <= tol * bound).all(), f"{what}: logit {worst} = {got[worst]!r}, exact {exact[worst]!r}"
 
 
-@pytest.mark.parametrize("n_tokens", [1, 2, 5, 70])  # 70: chunks of 64 and 6 activation rows
-def test_f16_head_matches_float64_on_every_isa(n_tokens: int, restore_isa: None) -> None:
+# 70: chunks of 64 and 6 activation rows. dim 1152: the batched path's 512-column chunks, with a
+# short last one, and x rows in fours with tails.
+@pytest.mark.parametrize("n_tokens, dim", [(1, 384), (2, 384), (5, 384), (70, 384), (6, 1152), (9, 1152)])
+def test_f16_head_matches_float64_on_every_isa(n_tokens: int, dim: int, restore_isa: None) -> None:
     rng = np.random.default_rng(n_tokens)
-    packed, _ = random_model(HEAD_CONFIG, seed=20 + n_tokens)
-    head = random_head(rng, HEAD_CONFIG["vocab_size"], HEAD_CONFIG["dim"])
-    model = _core.Model(HEAD_CONFIG, {**packed, "output": head})
+    config = {**HEAD_CONFIG, "dim": dim}
+    packed, _ = random_model(config, seed=20 + n_tokens)
+    head = random_head(rng, config["vocab_size"], dim)
+    model = _core.Model(config, {**packed, "output": head})
     assert not model.info()["tied_head"]
-    tokens = rng.integers(0, HEAD_CONFIG["vocab_size"], n_tokens).astype(np.int32)
+    tokens = rng.integers(0, config["vocab_size"], n_tokens).astype(np.int32)
 
     hidden = logits_per_isa(model, tokens, "hidden")
     logits = logits_per_isa(model, tokens, "all")
