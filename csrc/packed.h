@@ -49,4 +49,16 @@ QuantizedActivations activations_from_int8(const int8_t* q, const float* s, int6
 void matmul(const kernels::KernelTable& t, const PackedWeights& w, const QuantizedActivations& a, float* y,
             int n_threads);
 
+// One product y = W a of several that share their activations (attention's q, k and v; the
+// gate and up projections).
+struct Product {
+  const PackedWeights* w;
+  float* y;  // [a.rows, w->n]
+};
+
+// All the products at once: one set of lookup tables and one parallel run over the rows of
+// every matrix, so a decode step pays one thread hand-off, not one a matrix.
+void matmul(const kernels::KernelTable& t, const std::vector<Product>& products, const QuantizedActivations& a,
+            int n_threads);
+
 }  // namespace tritlm

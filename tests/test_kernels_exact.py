@@ -126,3 +126,18 @@ def test_quantize_matches_numpy(isa: str) -> None:
     np.testing.assert_array_equal(a.scale, s)
     np.testing.assert_array_equal(a.q, q)
     np.testing.assert_array_equal(a.block_sums, q.astype(np.int32).reshape(9, 5, 128).sum(axis=2))
+
+
+def test_binary_activation_slabs() -> None:
+    """More activation rows than one set of lookup tables holds (32 MiB, 256 rows at K = 16384):
+    the rows go in slabs, and every slab's outputs land in their own rows."""
+    rng = np.random.default_rng(11)
+    n, k, batch = 40, 16384, 300
+    w = random_weights(rng, "binary", n, k)
+    scales = rng.uniform(-1.5, 1.5, size=(n, k // 128)).astype(np.float32)
+    packed = pack("binary", w, scales, group_size=128)
+    x = rng.standard_normal((batch, k)).astype(np.float32)
+    a = kernels.quantize_activations(x, isa="scalar")
+    y_scalar = kernels.matmul(packed, a, isa="scalar")
+    for isa in SIMD:
+        assert_bits_equal(kernels.matmul(packed, a, isa=isa, n_threads=2), y_scalar, f"{isa} matmul")

@@ -1,12 +1,14 @@
-// AVX2 kernels. Weights are unpacked to unsigned codes (ternary 0/1/2, binary 0/1) with one
-// shift and one mask per 32 weights and multiplied with the int8 activations by vpmaddubsw;
-// the codes' offset (-1 per weight for ternary, 2*bit-1 for binary) is removed with the
-// activations' block sums. Integer sums are exact, so only the epilogue's float steps need to
-// follow scalar.cpp, and they do, one operation at a time.
+// AVX2 kernels. Ternary weights are unpacked to unsigned codes 0/1/2 with one shift and one mask
+// per 32 weights and multiplied with the int8 activations by vpmaddubsw; the codes' offset (-1 a
+// weight) is removed with the activations' block sums. Binary weights are never unpacked: their
+// bits index lookup tables of activation sums (section "Binary weights"). Integer sums are exact,
+// so only the epilogue's float steps need to follow scalar.cpp, and they do, one operation at a
+// time.
 //
 // CMake compiles this file twice on x86-64: as is (avx2_table, isa "avx2"), and with
-// TRITLM_X86_VNNI=1 and the AVX-512 VNNI + VL flags (avx512vnni_table, isa "avx512-vnni"), where
-// vpdpbusd on 256-bit vectors replaces the maddubs / int16 / madd chain with one instruction.
+// TRITLM_X86_VNNI=1 and the AVX-512 VNNI + BW + VL flags (avx512vnni_table, isa "avx512-vnni"),
+// where vpdpbusd on 256-bit vectors replaces the maddubs / int16 / madd chain with one
+// instruction and vpermw looks up 16-bit table entries directly.
 // Everything but the table accessor is in an anonymous namespace and always inlined, so the two
 // objects share no out-of-line code the linker could mix up.
 #include <algorithm>
@@ -469,6 +471,9 @@ TRITLM_INLINE void binary_tile(const WeightView& w, const ActView& a, int64_t ti
       }
     }
     const float* sg = scales + g * kTileRows;
+    // This group's scales as many groups ahead as the codes' prefetch is blocks ahead.
+    const char* next_scales = reinterpret_cast<const char*>(sg + kPrefetchAhead / (kBlock / 8));
+    for (int l = 0; l < kTileRows * 4; l += 64) _mm_prefetch(next_scales + l, _MM_HINT_T1);
     TRITLM_UNROLL for (int t = 0; t < BT; ++t) {
       const __m256i qs = _mm256_set1_epi32(q_sum[t]);
       for (int j = 0; j < 4; ++j) {
@@ -495,6 +500,9 @@ void matmul_binary(const WeightView& w, const ActView& a, int64_t r0, int64_t r1
 #else
   constexpr int kWide = 4;
 #endif
+  // The first tiles' codes, which the prefetches 4 KiB ahead in binary_tile never cover.
+  const char* start = reinterpret_cast<const char*>(w.codes + r0 * (w.k / 8));
+  for (int64_t l = 0; l < kPrefetchAhead; l += 64) _mm_prefetch(start + l, _MM_HINT_T1);
   for (int64_t tile = r0 / kTileRows; tile * kTileRows < r1; ++tile) {
     int64_t b = 0;
     for (; b + kWide <= a.rows; b += kWide) binary_tile<kWide>(w, a, tile, b, r1, y, ldy);

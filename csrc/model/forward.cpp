@@ -12,8 +12,10 @@
 // BitLinear = per-token int8 activation quantization + ternary (or binary) weights + scale.
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "f16.h"
 #include "kernels/dispatch.h"
@@ -133,14 +135,7 @@ void KvCache::copy_prefix(const KvCache& src, int n) {
 
 namespace {
 
-void linear(const Linear& l, const std::vector<float>& x, int n, std::vector<float>& y, int n_threads) {
-  y.resize(static_cast<size_t>(n) * l.out);
-  if (l.packed) {
-    const kernels::KernelTable& t = kernels::active_table();
-    const QuantizedActivations a = quantize(t, x.data(), n, l.in, n_threads);
-    matmul(t, *l.packed, a, y.data(), n_threads);
-    return;
-  }
+void dense_linear(const Linear& l, const std::vector<float>& x, int n, std::vector<float>& y, int n_threads) {
   constexpr int64_t kRows = 64;
   ThreadPool::instance().run((l.out + kRows - 1) / kRows, n_threads, [&](int64_t task) {
     for (int64_t r = task * kRows; r < std::min(l.out, (task + 1) * kRows); ++r)
@@ -152,6 +147,24 @@ void linear(const Linear& l, const std::vector<float>& x, int n, std::vector<flo
         y[static_cast<size_t>(t) * l.out + r] = acc;
       }
   });
+}
+
+// y_i = W_i x for linear layers that read the same x: the packed ones share one quantization of
+// x and one parallel run (packed.h), float ones go one at a time.
+void linears(std::initializer_list<std::pair<const Linear*, std::vector<float>*>> outs, const std::vector<float>& x,
+             int n, int n_threads) {
+  std::vector<Product> products;
+  for (const auto& [l, y] : outs) {
+    y->resize(static_cast<size_t>(n) * l->out);
+    if (l->packed) {
+      products.push_back({l->packed, y->data()});
+    } else {
+      dense_linear(*l, x, n, *y, n_threads);
+    }
+  }
+  if (products.empty()) return;
+  const kernels::KernelTable& t = kernels::active_table();
+  matmul(t, products, quantize(t, x.data(), n, outs.begin()->first->in, n_threads), n_threads);
 }
 
 // Causal attention of each token over its own sequence's cache (positions 0..pos), one task per
@@ -214,9 +227,7 @@ void forward(const Model& m, const int32_t* tokens, const std::vector<Row>& rows
     // Attention block.
     a.resize(x.size());
     rmsnorm(a.data(), x.data(), L.attn_norm, n, c.dim, c.norm_eps);
-    linear(L.attn_q, a, n, q, n_threads);
-    linear(L.attn_k, a, n, k, n_threads);
-    linear(L.attn_v, a, n, v, n_threads);
+    linears({{&L.attn_q, &q}, {&L.attn_k, &k}, {&L.attn_v, &v}}, a, n, n_threads);
     if (c.qk_norm) {
       head_rmsnorm(q, L.attn_q_norm, c.head_dim, c.norm_eps);
       head_rmsnorm(k, L.attn_k_norm, c.head_dim, c.norm_eps);
@@ -230,13 +241,12 @@ void forward(const Model& m, const int32_t* tokens, const std::vector<Row>& rows
       rmsnorm(normed.data(), attn.data(), L.attn_sub_norm, n, c.n_heads * c.head_dim, c.norm_eps);
       attn.swap(normed);
     }
-    linear(L.attn_output, attn, n, proj, n_threads);
+    linears({{&L.attn_output, &proj}}, attn, n, n_threads);
     for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
 
     // Feed-forward block.
     rmsnorm(a.data(), x.data(), L.ffn_norm, n, c.dim, c.norm_eps);
-    linear(L.ffn_gate, a, n, gate, n_threads);
-    linear(L.ffn_up, a, n, up, n_threads);
+    linears({{&L.ffn_gate, &gate}, {&L.ffn_up, &up}}, a, n, n_threads);
     const bool relu_squared = c.activation == Activation::kRelu2;
     for (size_t i = 0; i < gate.size(); ++i) gate[i] = (relu_squared ? relu2(gate[i]) : silu(gate[i])) * up[i];
     if (c.sub_norms) {
@@ -244,7 +254,7 @@ void forward(const Model& m, const int32_t* tokens, const std::vector<Row>& rows
       rmsnorm(normed.data(), gate.data(), L.ffn_sub_norm, n, c.ffn_dim, c.norm_eps);
       gate.swap(normed);
     }
-    linear(L.ffn_down, gate, n, proj, n_threads);
+    linears({{&L.ffn_down, &proj}}, gate, n, n_threads);
     for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
   }
   std::vector<float> out(x.size());
