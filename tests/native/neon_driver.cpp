@@ -224,7 +224,7 @@ std::vector<uint8_t> build_luts(const k::KernelTable& t, const MatmulCase& c, co
 
 // Runs one case through scalar (one call over all rows) and each table (two calls splitting the
 // weight rows at mid: n/2, or for the binary format n/2 rounded down to a tile boundary), with
-// ldy = n + 3 so the padding must keep its sentinel.
+// ldy = n + 3 so the padding must keep its sentinel, as must rows [mid, n) after the first call.
 void run_matmul_case(const MatmulCase& c, const std::vector<const k::KernelTable*>& tables,
                      std::mt19937_64& rng) {
   const MatmulData d = make_data(c, rng);
@@ -251,6 +251,11 @@ void run_matmul_case(const MatmulCase& c, const std::vector<const k::KernelTable
     a.lut = lut.empty() ? nullptr : lut.data();
     std::vector<float> got(size, float_of(kSentinel));
     t->matmul[fi](d.w, a, 0, mid, got.data(), ldy);
+    // The first call writes weight rows [0, mid) only.
+    int strays = 0;
+    for (int64_t i = 0; i < size; ++i) strays += i % ldy >= mid && bits_of(got[i]) != kSentinel;
+    record(strays == 0, std::string(t->isa) + " matmul " + describe(c) + " writes only [0, " + std::to_string(mid) +
+                            ") (" + std::to_string(strays) + " values outside)");
     t->matmul[fi](d.w, a, mid, c.n, got.data(), ldy);
     int bad = 0;
     for (int64_t i = 0; i < size; ++i) {
