@@ -12,6 +12,7 @@
 // Everything but the table accessor is in an anonymous namespace and always inlined, so the two
 // objects share no out-of-line code the linker could mix up.
 #include <algorithm>
+#include <cstring>
 #include <immintrin.h>
 #include <type_traits>
 
@@ -357,22 +358,35 @@ constexpr int64_t kQuadsPerBlock = kBlock / 4;
 int64_t lut_bytes(int64_t k) { return k / 4 * 32; }
 
 void build_lut(const int8_t* q, int64_t k, uint8_t* lut) {
-  // Lane m of bit_i is all ones if bit i of m is set: T = sum_i (bit_i & q_i).
-  const __m256i bit0 = _mm256_setr_epi16(0, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0, -1);
-  const __m256i bit1 = _mm256_setr_epi16(0, 0, -1, -1, 0, 0, -1, -1, 0, 0, -1, -1, 0, 0, -1, -1);
-  const __m256i bit2 = _mm256_setr_epi16(0, 0, 0, 0, -1, -1, -1, -1, 0, 0, 0, 0, -1, -1, -1, -1);
-  const __m256i bit3 = _mm256_setr_epi16(0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1, -1, -1);
+  // T[m] is the dot product of m's bits (as bytes 0/1) with the quad: the bytes of bits_lo hold
+  // the bits of m = 0..7 and those of bits_hi of m = 8..15, four bytes an entry, so one u8 x s8
+  // dot product of each against the quad repeated gives eight entries in int32 lanes.
+  auto bits_of = [](int m0) {
+    alignas(32) uint8_t b[32];
+    for (int m = 0; m < 8; ++m)
+      for (int i = 0; i < 4; ++i) b[4 * m + i] = static_cast<uint8_t>(((m0 + m) >> i) & 1);
+    return _mm256_load_si256(reinterpret_cast<const __m256i*>(b));
+  };
+  const __m256i bits_lo = bits_of(0), bits_hi = bits_of(8);
 #if !TRITLM_X86_VNNI
+  const __m256i ones = _mm256_set1_epi16(1);
   // Per 128-bit lane: the low bytes of its 8 words, then their high bytes.
   const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12,
                                          14, 1, 3, 5, 7, 9, 11, 13, 15);
 #endif
   for (int64_t u = 0; u < k / 4; ++u) {
-    const int8_t* x = q + 4 * u;
-    __m256i t = _mm256_and_si256(bit0, _mm256_set1_epi16(x[0]));
-    t = _mm256_add_epi16(t, _mm256_and_si256(bit1, _mm256_set1_epi16(x[1])));
-    t = _mm256_add_epi16(t, _mm256_and_si256(bit2, _mm256_set1_epi16(x[2])));
-    t = _mm256_add_epi16(t, _mm256_and_si256(bit3, _mm256_set1_epi16(x[3])));
+    int32_t quad;
+    std::memcpy(&quad, q + 4 * u, sizeof quad);
+    const __m256i x = _mm256_set1_epi32(quad);
+#if TRITLM_X86_VNNI
+    const __m256i lo = _mm256_dpbusd_epi32(_mm256_setzero_si256(), bits_lo, x);
+    const __m256i hi = _mm256_dpbusd_epi32(_mm256_setzero_si256(), bits_hi, x);
+#else
+    const __m256i lo = _mm256_madd_epi16(_mm256_maddubs_epi16(bits_lo, x), ones);
+    const __m256i hi = _mm256_madd_epi16(_mm256_maddubs_epi16(bits_hi, x), ones);
+#endif
+    // packs interleaves the 128-bit lanes: [T0-3 T8-11 | T4-7 T12-15] -> T0..15 in order.
+    __m256i t = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), _MM_SHUFFLE(3, 1, 2, 0));
 #if !TRITLM_X86_VNNI
     // [lo(T0..7) hi(T0..7) | lo(T8..15) hi(T8..15)] -> [lo(T0..15) | hi(T0..15)]
     t = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(t, split), _MM_SHUFFLE(3, 1, 2, 0));
