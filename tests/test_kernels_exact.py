@@ -47,6 +47,7 @@ def assert_bits_equal(got: np.ndarray, want: np.ndarray, what: str) -> None:
 SHAPES = [  # (batch, n, k)
     (1, 1, 128), (1, 33, 256), (3, 7, 640), (17, 64, 384), (64, 31, 1024), (512, 9, 256), (5, 640, 2560),
     (1, 2560, 640), (2, 17, 6912),
+    (1, 130, 384), (2, 200, 256),  # binary decode: chunks of several 32-row tiles, the last one partial
 ]
 
 
