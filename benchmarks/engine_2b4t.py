@@ -109,9 +109,8 @@ def main() -> None:
     t0 = time.perf_counter()
     model, per_token, weights = build(a.threads, a.head)
     print(f"built 2B4T-shaped model in {time.perf_counter() - t0:.1f} s; "
-          f"{per_token / 1e9:.3f} GB read per generated token (packed linears + {a.head} head)")
-    fig = measure(model, SHAPE["vocab_size"], per_token, threads=a.threads, prompt=a.prompt, gen=a.gen,
-                  repeats=a.repeats)
+          f"{per_token / 1e9:.3f} GB of weights read per generated token (packed linears + {a.head} head)")
+    fig = measure(model, SHAPE, per_token, threads=a.threads, prompt=a.prompt, gen=a.gen, repeats=a.repeats)
     print("\n".join(fig.lines()))
     if a.gguf:
         del model

@@ -97,7 +97,7 @@ def main() -> None:
         t0 = time.perf_counter()
         model, per_token = build(name, a.threads, a.head)
         print(f"\nBonsai-{name.upper()} shape, {a.head} head: built in {time.perf_counter() - t0:.1f} s")
-        fig = measure(model, SHAPES[name]["vocab_size"], per_token, threads=a.threads, prompt=a.prompt, gen=a.gen,
+        fig = measure(model, SHAPES[name], per_token, threads=a.threads, prompt=a.prompt, gen=a.gen,
                       repeats=a.repeats)
         print("\n".join(fig.lines()))
         if name in LLAMA_CPP:

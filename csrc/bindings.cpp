@@ -85,22 +85,29 @@ NB_MODULE(_core, m) {
       .def_prop_ro(
           "codes",
           [](const PackedWeights& w) {
-            return nb::ndarray<nb::numpy, const uint8_t, nb::ndim<2>>(
-                w.code_data(), {static_cast<size_t>(w.n), static_cast<size_t>(w.row_bytes())}, nb::handle());
+            // ternary: [n, k / 4]; binary: [tiles, k / 8, 32], one byte a row of a tile.
+            const size_t n = static_cast<size_t>(w.n), k = static_cast<size_t>(w.k);
+            if (w.format == kernels::Format::kTernary)
+              return nb::ndarray<nb::numpy, const uint8_t>(w.code_data(), {n, k / 4}, nb::handle());
+            const size_t tiles = static_cast<size_t>(kernels::padded_rows(w.format, w.n) / kernels::kTileRows);
+            return nb::ndarray<nb::numpy, const uint8_t>(w.code_data(), {tiles, k / 8, size_t{kernels::kTileRows}},
+                                                         nb::handle());
           },
           nb::rv_policy::reference_internal)
       .def_prop_ro(
           "scales",
           [](const PackedWeights& w) {
-            return nb::ndarray<nb::numpy, const float, nb::ndim<2>>(
-                w.scales.data(), {static_cast<size_t>(w.n), static_cast<size_t>(w.groups())}, nb::handle());
+            std::vector<float> out(static_cast<size_t>(w.n * w.groups()));
+            for (int64_t r = 0; r < w.n; ++r)
+              for (int64_t g = 0; g < w.groups(); ++g) out[r * w.groups() + g] = w.scale(r, g);
+            return to_numpy(std::move(out), {static_cast<size_t>(w.n), static_cast<size_t>(w.groups())});
           },
-          nb::rv_policy::reference_internal)
+          nb::rv_policy::move, "The scales as float32 [n, groups] (a copy, in row order whatever the layout).")
       .def(
           "unpack",
           [](const PackedWeights& w) {
             std::vector<int8_t> values(static_cast<size_t>(w.n * w.k));
-            std::vector<float> scales(w.scales.size());
+            std::vector<float> scales(static_cast<size_t>(w.n * w.groups()));
             unpack(w, values.data(), scales.data());
             return std::make_pair(
                 to_numpy(std::move(values), {static_cast<size_t>(w.n), static_cast<size_t>(w.k)}),

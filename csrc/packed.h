@@ -12,8 +12,8 @@ namespace tritlm {
 struct PackedWeights {
   kernels::Format format = kernels::Format::kTernary;
   int64_t n = 0, k = 0, group_blocks = 0;
-  std::vector<uint8_t> codes;  // n * row_bytes(format, k), unless the codes are borrowed
-  std::vector<float> scales;   // n * groups()
+  std::vector<uint8_t> codes;  // code_bytes(format, n, k), unless the codes are borrowed
+  std::vector<float> scales;   // padded_rows(format, n) * groups(), laid out by scale_index
   // Codes already in the run-time layout in memory someone else owns (a memory-mapped I2_S
   // tensor), viewed rather than copied; `owner` keeps that memory alive.
   const uint8_t* borrowed = nullptr;
@@ -21,8 +21,9 @@ struct PackedWeights {
 
   const uint8_t* code_data() const { return borrowed ? borrowed : codes.data(); }
   int64_t groups() const { return k / (group_blocks * kernels::kBlock); }
-  int64_t row_bytes() const { return kernels::row_bytes(format, k); }
-  int64_t nbytes() const { return n * row_bytes() + static_cast<int64_t>(scales.size() * sizeof(float)); }
+  int64_t code_bytes() const { return kernels::code_bytes(format, n, k); }
+  int64_t nbytes() const { return code_bytes() + static_cast<int64_t>(scales.size() * sizeof(float)); }
+  float scale(int64_t r, int64_t g) const { return scales[kernels::scale_index(format, groups(), r, g)]; }
   kernels::WeightView view() const {
     return {format, code_data(), scales.data(), n, k, group_blocks};
   }
@@ -46,6 +47,18 @@ QuantizedActivations activations_from_int8(const int8_t* q, const float* s, int6
 // y[rows, n] = W a, split over weight rows across n_threads threads. Shapes must agree (the
 // caller checks).
 void matmul(const kernels::KernelTable& t, const PackedWeights& w, const QuantizedActivations& a, float* y,
+            int n_threads);
+
+// One product y = W a of several that share their activations (attention's q, k and v; the
+// gate and up projections).
+struct Product {
+  const PackedWeights* w;
+  float* y;  // [a.rows, w->n]
+};
+
+// All the products at once: one set of lookup tables and one parallel run over the rows of
+// every matrix, so a decode step pays one thread hand-off, not one a matrix.
+void matmul(const kernels::KernelTable& t, const std::vector<Product>& products, const QuantizedActivations& a,
             int n_threads);
 
 }  // namespace tritlm

@@ -39,19 +39,21 @@ void check_size(const char* what, size_t size, size_t expected) {
                                 std::to_string(expected) + " for this n and k");
 }
 
-void pack_row(Format f, const int8_t* v, int64_t k, uint8_t* out) {
-  if (f == Format::kTernary) {
+// Writes row r of w from its k int8 weights, in the format's layout.
+void pack_row(PackedWeights& w, int64_t r, const int8_t* v) {
+  const int64_t k = w.k;
+  if (w.format == Format::kTernary) {
+    uint8_t* out = w.codes.data() + r * (k / 4);
     for (int64_t b = 0; b < k / kBlock; ++b, v += kBlock, out += 32)
       for (int j = 0; j < 32; ++j)
         out[j] = static_cast<uint8_t>(((v[j] + 1) << 6) | ((v[j + 32] + 1) << 4) | ((v[j + 64] + 1) << 2) |
                                       (v[j + 96] + 1));
   } else {
-    for (int64_t b = 0; b < k / kBlock; ++b, v += kBlock, out += 16)
-      for (int j = 0; j < 16; ++j) {
-        uint8_t byte = 0;
-        for (int u = 0; u < 8; ++u) byte |= static_cast<uint8_t>((v[16 * u + j] > 0) << u);
-        out[j] = byte;
-      }
+    for (int64_t j = 0; j < k / 8; ++j) {
+      uint8_t byte = 0;
+      for (int i = 0; i < 8; ++i) byte |= static_cast<uint8_t>((v[8 * j + i] > 0) << i);
+      w.codes[kernels::binary_byte(k, r, j)] = byte;
+    }
   }
 }
 
@@ -68,17 +70,17 @@ PackedWeights build(const char* what, Format f, int64_t n, int64_t k, int64_t gr
   w.n = n;
   w.k = k;
   w.group_blocks = group_blocks;
-  w.codes.assign(n * w.row_bytes(), 0);
-  w.scales.assign(n * w.groups(), 0.0f);
+  w.codes.assign(w.code_bytes(), 0);
+  w.scales.assign(kernels::padded_rows(f, n) * w.groups(), 0.0f);
   constexpr int64_t kRowsPerTask = 64;
   std::mutex error_mutex;
   int64_t error_row = n;
   std::string error;
   ThreadPool::instance().run((n + kRowsPerTask - 1) / kRowsPerTask, n_threads, [&](int64_t task) {
     std::vector<int8_t> values(k);
+    std::vector<float> scales(w.groups());
     for (int64_t r = task * kRowsPerTask; r < std::min(n, (task + 1) * kRowsPerTask); ++r) {
-      float* scales = w.scales.data() + r * w.groups();
-      std::string e = decode(r, values.data(), scales);
+      std::string e = decode(r, values.data(), scales.data());
       for (int64_t g = 0; e.empty() && g < w.groups(); ++g)
         if (!std::isfinite(scales[g])) e = "scale of group " + str(g) + " is not finite";
       if (!e.empty()) {
@@ -89,7 +91,8 @@ PackedWeights build(const char* what, Format f, int64_t n, int64_t k, int64_t gr
         }
         return;
       }
-      pack_row(f, values.data(), k, w.codes.data() + r * w.row_bytes());
+      pack_row(w, r, values.data());
+      for (int64_t g = 0; g < w.groups(); ++g) w.scales[kernels::scale_index(f, w.groups(), r, g)] = scales[g];
     }
   });
   if (!error.empty()) throw std::invalid_argument(std::string(what) + ": row " + str(error_row) + ": " + error);
@@ -285,8 +288,9 @@ PackedWeights repack_hf_packed(const uint8_t* packed, int64_t packed_rows, int64
 void unpack(const PackedWeights& w, int8_t* values, float* scales) {
   for (int64_t r = 0; r < w.n; ++r)
     for (int64_t i = 0; i < w.k; ++i)
-      values[r * w.k + i] = static_cast<int8_t>(kernels::weight_at(w.format, w.code_data() + r * w.row_bytes(), i));
-  std::memcpy(scales, w.scales.data(), w.scales.size() * sizeof(float));
+      values[r * w.k + i] = static_cast<int8_t>(kernels::weight_at(w.format, w.code_data(), w.k, r, i));
+  for (int64_t r = 0; r < w.n; ++r)
+    for (int64_t g = 0; g < w.groups(); ++g) scales[r * w.groups() + g] = w.scale(r, g);
 }
 
 }  // namespace tritlm

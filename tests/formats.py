@@ -142,28 +142,29 @@ def decode_runtime_ternary(codes: np.ndarray, k: int) -> np.ndarray:
     return (fields.astype(np.int8) - 1).reshape(n, k)
 
 
+TILE = 32
+
+
 def encode_runtime_binary(w: np.ndarray) -> np.ndarray:
-    """[n, k/8] bytes: block b = bytes 16b..16b+15 of a row; bit u of byte j holds weight
-    16u + j of the block, 1 -> +1 and 0 -> -1."""
+    """[tiles, k/8, 32] bytes: rows padded with zero bytes to whole tiles of 32; in tile t, byte
+    p of [j] holds row 32t + p's weights 8j..8j+7 in bits 0..7, 1 -> +1 and 0 -> -1."""
     w = _check_binary(w)
     n, k = w.shape
-    out = np.zeros((n, k // 8), dtype=np.uint8)
-    bit = (w > 0).astype(np.uint8)
-    for b in range(k // BLOCK):
-        for j in range(16):
-            byte = np.zeros(n, dtype=np.uint8)
-            for u in range(8):
-                byte |= bit[:, b * BLOCK + 16 * u + j] << u
-            out[:, 16 * b + j] = byte
-    return out
+    tiles = -(-n // TILE)
+    bits = np.zeros((tiles * TILE, k), dtype=np.uint8)
+    bits[:n] = w > 0
+    byte = np.zeros((tiles * TILE, k // 8), dtype=np.uint8)
+    for i in range(8):
+        byte |= bits[:, i::8] << i
+    return np.ascontiguousarray(byte.reshape(tiles, TILE, k // 8).transpose(0, 2, 1))
 
 
-def decode_runtime_binary(codes: np.ndarray, k: int) -> np.ndarray:
+def decode_runtime_binary(codes: np.ndarray, n: int) -> np.ndarray:
     codes = np.asarray(codes, dtype=np.uint8)
-    n = codes.shape[0]
-    blocks = codes.reshape(n, k // BLOCK, 1, 16)
-    bits = (blocks >> np.arange(8, dtype=np.uint8).reshape(1, 1, 8, 1)) & 1
-    return (bits.astype(np.int8) * 2 - 1).reshape(n, k)
+    tiles, kb, _ = codes.shape
+    rows = codes.transpose(0, 2, 1).reshape(tiles * TILE, kb)[:n]
+    bits = (rows[:, :, None] >> np.arange(8, dtype=np.uint8)) & 1
+    return (bits.astype(np.int8) * 2 - 1).reshape(n, kb * 8)
 
 
 # --------------------------------------------------------------------------------------------

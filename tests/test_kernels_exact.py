@@ -47,6 +47,7 @@ def assert_bits_equal(got: np.ndarray, want: np.ndarray, what: str) -> None:
 SHAPES = [  # (batch, n, k)
     (1, 1, 128), (1, 33, 256), (3, 7, 640), (17, 64, 384), (64, 31, 1024), (512, 9, 256), (5, 640, 2560),
     (1, 2560, 640), (2, 17, 6912),
+    (1, 130, 384), (2, 200, 256),  # binary decode: chunks of several 32-row tiles, the last one partial
 ]
 
 
@@ -126,3 +127,18 @@ def test_quantize_matches_numpy(isa: str) -> None:
     np.testing.assert_array_equal(a.scale, s)
     np.testing.assert_array_equal(a.q, q)
     np.testing.assert_array_equal(a.block_sums, q.astype(np.int32).reshape(9, 5, 128).sum(axis=2))
+
+
+def test_binary_activation_slabs() -> None:
+    """More activation rows than one set of lookup tables holds (32 MiB, 256 rows at K = 16384):
+    the rows go in slabs, and every slab's outputs land in their own rows."""
+    rng = np.random.default_rng(11)
+    n, k, batch = 40, 16384, 300
+    w = random_weights(rng, "binary", n, k)
+    scales = rng.uniform(-1.5, 1.5, size=(n, k // 128)).astype(np.float32)
+    packed = pack("binary", w, scales, group_size=128)
+    x = rng.standard_normal((batch, k)).astype(np.float32)
+    a = kernels.quantize_activations(x, isa="scalar")
+    y_scalar = kernels.matmul(packed, a, isa="scalar")
+    for isa in SIMD:
+        assert_bits_equal(kernels.matmul(packed, a, isa=isa, n_threads=2), y_scalar, f"{isa} matmul")

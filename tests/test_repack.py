@@ -61,7 +61,7 @@ def check_packed(pw, fmt: str, w: np.ndarray, scales: np.ndarray, group_size: in
         assert codes.shape == (n, k // 4)
         expected_codes = F.encode_runtime_ternary(w)
     else:
-        assert codes.shape == (n, k // 8)
+        assert codes.shape == (-(-n // F.TILE), k // 8, F.TILE)
         expected_codes = F.encode_runtime_binary(w)
     np.testing.assert_array_equal(codes, expected_codes)
     got_w, got_s = pw.unpack()
@@ -71,7 +71,8 @@ def check_packed(pw, fmt: str, w: np.ndarray, scales: np.ndarray, group_size: in
     # exact: bit patterns, so -0.0 / +0.0 and every ulp count
     np.testing.assert_array_equal(got_s.view(np.uint32), np.asarray(scales, dtype=np.float32).view(np.uint32))
     np.testing.assert_array_equal(np.asarray(pw.scales), got_s)
-    assert pw.nbytes == codes.nbytes + got_s.nbytes
+    stored_rows = codes.shape[0] * F.TILE if fmt == "binary" else n  # binary rows pad to whole tiles
+    assert pw.nbytes == codes.nbytes + stored_rows * got_s.shape[1] * 4
 
 
 def check_matmul(pw, w: np.ndarray, scales: np.ndarray, rng: np.random.Generator, b: int = 3) -> None:
@@ -135,7 +136,7 @@ class TestFormatsHelper:
         w3, d3 = F.decode_q1_0(F.encode_q1_0(wb, d1), n, k)
         np.testing.assert_array_equal(w3, wb)
         np.testing.assert_array_equal(d3, F.fp16_to_f32(d1))
-        np.testing.assert_array_equal(F.decode_runtime_binary(F.encode_runtime_binary(wb), k), wb)
+        np.testing.assert_array_equal(F.decode_runtime_binary(F.encode_runtime_binary(wb), n), wb)
         w4 = random_ternary(rng, 4 * n, k)
         np.testing.assert_array_equal(F.decode_hf_packed(F.encode_hf_packed(w4)), w4)
 
@@ -376,11 +377,12 @@ def test_q1_0_golden_bytes():
     w, s = pw.unpack()
     np.testing.assert_array_equal(w[0], expected)
     np.testing.assert_array_equal(s, [[0.5]])
-    # run-time layout: bit u of byte j holds weight 16u + j
-    codes = np.asarray(pw.codes)[0]
-    assert codes[0] == 0b0000_0001  # weight 0 (u = 0, j = 0)
-    assert codes[2] == 0b0000_0001  # weight 2 (u = 0, j = 2)
-    assert codes[15] == 0b1000_0000  # weight 127 (u = 7, j = 15)
+    # run-time layout: one tile of 32 rows (31 padding); bit i of byte [j, row] is weight 8j + i
+    codes = np.asarray(pw.codes)
+    assert codes.shape == (1, 16, 32)
+    assert codes[0, 0, 0] == 0b0000_0101  # weights 0 and 2
+    assert codes[0, 15, 0] == 0b1000_0000  # weight 127
+    assert codes[0, :, 1:].sum() == 0 and codes[0, 1:15, 0].sum() == 0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,15 +1,18 @@
-// AVX2 kernels. Weights are unpacked to unsigned codes (ternary 0/1/2, binary 0/1) with one
-// shift and one mask per 32 weights and multiplied with the int8 activations by vpmaddubsw;
-// the codes' offset (-1 per weight for ternary, 2*bit-1 for binary) is removed with the
-// activations' block sums. Integer sums are exact, so only the epilogue's float steps need to
-// follow scalar.cpp, and they do, one operation at a time.
+// AVX2 kernels. Ternary weights are unpacked to unsigned codes 0/1/2 with one shift and one mask
+// per 32 weights and multiplied with the int8 activations by vpmaddubsw; the codes' offset (-1 a
+// weight) is removed with the activations' block sums. Binary weights are never unpacked: their
+// bits index lookup tables of activation sums (section "Binary weights"). Integer sums are exact,
+// so only the epilogue's float steps need to follow scalar.cpp, and they do, one operation at a
+// time.
 //
 // CMake compiles this file twice on x86-64: as is (avx2_table, isa "avx2"), and with
-// TRITLM_X86_VNNI=1 and the AVX-512 VNNI + VL flags (avx512vnni_table, isa "avx512-vnni"), where
-// vpdpbusd on 256-bit vectors replaces the maddubs / int16 / madd chain with one instruction.
+// TRITLM_X86_VNNI=1 and the AVX-512 VNNI + BW + VL flags (avx512vnni_table, isa "avx512-vnni"),
+// where vpdpbusd on 256-bit vectors replaces the maddubs / int16 / madd chain with one
+// instruction and vpermw looks up 16-bit table entries directly.
 // Everything but the table accessor is in an anonymous namespace and always inlined, so the two
 // objects share no out-of-line code the linker could mix up.
 #include <algorithm>
+#include <cstring>
 #include <immintrin.h>
 #include <type_traits>
 
@@ -90,26 +93,6 @@ struct TernaryBlock {
   static int32_t correct(int32_t code_dot, int32_t q_sum) { return code_dot - q_sum; }
   static __m256i correct(__m256i code_dot, __m256i q_sum) { return _mm256_sub_epi32(code_dot, q_sum); }
   static __m128i correct(__m128i code_dot, __m128i q_sum) { return _mm_sub_epi32(code_dot, q_sum); }
-};
-
-struct BinaryBlock {
-  static constexpr int64_t kBytes = 16;
-  __m256i c[4];
-  TRITLM_INLINE explicit BinaryBlock(const uint8_t* p) {
-    // Both 128-bit lanes hold the 16 bytes; shifting lane 0's qwords right by 2v and lane 1's by
-    // 2v + 1 (one variable shift) moves bit 2v (weights 32v..32v+15) and bit 2v+1 (weights
-    // 32v+16..32v+31) of every byte to its bit 0. Bits that cross into the byte below are masked.
-    const __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    const __m256i mask = _mm256_set1_epi8(1);
-    for (int v = 0; v < 4; ++v)
-      c[v] = _mm256_and_si256(_mm256_srlv_epi64(both, _mm256_setr_epi64x(2 * v, 2 * v, 2 * v + 1, 2 * v + 1)), mask);
-  }
-  // sum(W * q) = sum((2 * bit - 1) * q) = 2 * sum(bit * q) - sum(q)
-  static int32_t correct(int32_t code_dot, int32_t q_sum) { return 2 * code_dot - q_sum; }
-  static __m256i correct(__m256i code_dot, __m256i q_sum) {
-    return _mm256_sub_epi32(_mm256_add_epi32(code_dot, code_dot), q_sum);
-  }
-  static __m128i correct(__m128i code_dot, __m128i q_sum) { return _mm_sub_epi32(_mm_add_epi32(code_dot, code_dot), q_sum); }
 };
 
 #if TRITLM_X86_VNNI
@@ -233,8 +216,7 @@ TRITLM_INLINE void row_tile(const WeightView& w, const ActView& a, int64_t r, in
   TRITLM_UNROLL for (int t = 0; t < BT; ++t) y[(b0 + t) * ldy + r] = acc[t] / a.s[b0 + t];
 }
 
-// Decode (one activation row) with short groups of GB blocks (Q1_0: one block a group, TQ2_0:
-// two): the groups go eight at a time, each in its own accumulator; one transposing reduction
+// Decode (one activation row) with short groups of GB blocks (TQ2_0: two): the groups go eight at a time, each in its own accumulator; one transposing reduction
 // gives their eight dot products in one vector, whose offsets, conversions and scales are vector
 // operations. Only scalar.cpp's running sum stays scalar, group by group in order.
 template <class Block, int GB>
@@ -350,6 +332,197 @@ void matmul(const WeightView& w, const ActView& a, int64_t r0, int64_t r1, float
     }
   }
   delete[] qsums;
+}
+
+// ------------------------------------------------------------------------------------------
+// Binary weights: lookup tables
+// ------------------------------------------------------------------------------------------
+//
+// A 1-bit weight costs as much to unpack as a 2-bit one, so the binary kernel unpacks nothing:
+// for every quad of activations q[4u..4u+3] the table T_u[m] = sum of q[4u+i] over the set bits
+// i of m (m < 16, |T| <= 512, int16) is built once per activation row (build_lut), and each
+// nibble of the layout's bytes, a quad of one row's weights as bits, indexes it. The exact
+// product is then sum(W * q) = 2 * sum_u T_u[nibble] - sum(q). A block's 32 lookups per row add
+// up to at most 32 * 512 = 16384 in magnitude, so they are summed in int16 lanes and widened
+// once a block.
+//
+// avx2: T_u is stored as its 16 low bytes then its 16 high bytes; vpshufb looks both up for the
+// 32 rows of a tile (one byte a row) and vpunpck{l,h}bw joins them into int16. avx512-vnni:
+// T_u is 16 int16, and vpermw (which reads only the low 4 bits of each index word) looks up the
+// nibble of the even rows (low bytes) and, shifted by 8, of the odd rows (high bytes): no
+// masks, no joins. Either way a block ends with the tile's 32 int16 sums in two vectors, rows
+// 0-7 | 16-23 and 8-15 | 24-31, widened to four int32 vectors of rows 0-7, 8-15, 16-23, 24-31.
+
+constexpr int64_t kQuadsPerBlock = kBlock / 4;
+
+int64_t lut_bytes(int64_t k) { return k / 4 * 32; }
+
+void build_lut(const int8_t* q, int64_t k, uint8_t* lut) {
+  // T[m] is the dot product of m's bits (as bytes 0/1) with the quad: the bytes of bits_lo hold
+  // the bits of m = 0..7 and those of bits_hi of m = 8..15, four bytes an entry, so one u8 x s8
+  // dot product of each against the quad repeated gives eight entries in int32 lanes.
+  auto bits_of = [](int m0) {
+    alignas(32) uint8_t b[32];
+    for (int m = 0; m < 8; ++m)
+      for (int i = 0; i < 4; ++i) b[4 * m + i] = static_cast<uint8_t>(((m0 + m) >> i) & 1);
+    return _mm256_load_si256(reinterpret_cast<const __m256i*>(b));
+  };
+  const __m256i bits_lo = bits_of(0), bits_hi = bits_of(8);
+#if !TRITLM_X86_VNNI
+  const __m256i ones = _mm256_set1_epi16(1);
+  // Per 128-bit lane: the low bytes of its 8 words, then their high bytes.
+  const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12,
+                                         14, 1, 3, 5, 7, 9, 11, 13, 15);
+#endif
+  for (int64_t u = 0; u < k / 4; ++u) {
+    int32_t quad;
+    std::memcpy(&quad, q + 4 * u, sizeof quad);
+    const __m256i x = _mm256_set1_epi32(quad);
+#if TRITLM_X86_VNNI
+    const __m256i lo = _mm256_dpbusd_epi32(_mm256_setzero_si256(), bits_lo, x);
+    const __m256i hi = _mm256_dpbusd_epi32(_mm256_setzero_si256(), bits_hi, x);
+#else
+    const __m256i lo = _mm256_madd_epi16(_mm256_maddubs_epi16(bits_lo, x), ones);
+    const __m256i hi = _mm256_madd_epi16(_mm256_maddubs_epi16(bits_hi, x), ones);
+#endif
+    // packs interleaves the 128-bit lanes: [T0-3 T8-11 | T4-7 T12-15] -> T0..15 in order.
+    __m256i t = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), _MM_SHUFFLE(3, 1, 2, 0));
+#if !TRITLM_X86_VNNI
+    // [lo(T0..7) hi(T0..7) | lo(T8..15) hi(T8..15)] -> [lo(T0..15) | hi(T0..15)]
+    t = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(t, split), _MM_SHUFFLE(3, 1, 2, 0));
+#endif
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lut + 32 * u), t);
+  }
+}
+
+// The int16 sums of one block (32 quads) for the 32 rows of a tile and BT activation rows:
+// lo[t] rows 0-7 | 16-23, hi[t] rows 8-15 | 24-31. codes: the block's 512 bytes; luts[t]: the
+// block's 32 tables of activation row t.
+template <int BT>
+TRITLM_INLINE void binary_block(const uint8_t* codes, const uint8_t* const (&luts)[BT], __m256i (&lo)[BT],
+                                __m256i (&hi)[BT]) {
+#if TRITLM_X86_VNNI
+  __m256i even[BT], odd[BT];
+  TRITLM_UNROLL for (int t = 0; t < BT; ++t) even[t] = odd[t] = _mm256_setzero_si256();
+  for (int j = 0; j < kQuadsPerBlock / 2; ++j) {  // 8 weights: quads 2j (low nibbles), 2j + 1
+    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 32 * j));
+    const __m256i c4 = _mm256_srli_epi16(c, 4), c8 = _mm256_srli_epi16(c, 8), c12 = _mm256_srli_epi16(c, 12);
+    TRITLM_UNROLL for (int t = 0; t < BT; ++t) {
+      const __m256i t0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(luts[t] + 64 * j));
+      const __m256i t1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(luts[t] + 64 * j + 32));
+      even[t] = _mm256_add_epi16(even[t], _mm256_add_epi16(_mm256_permutexvar_epi16(c, t0),
+                                                           _mm256_permutexvar_epi16(c4, t1)));
+      odd[t] = _mm256_add_epi16(odd[t], _mm256_add_epi16(_mm256_permutexvar_epi16(c8, t0),
+                                                         _mm256_permutexvar_epi16(c12, t1)));
+    }
+  }
+  // even holds rows 0, 2, .., 30 and odd rows 1, 3, .., 31: interleaved per 128-bit lane.
+  TRITLM_UNROLL for (int t = 0; t < BT; ++t) {
+    lo[t] = _mm256_unpacklo_epi16(even[t], odd[t]);
+    hi[t] = _mm256_unpackhi_epi16(even[t], odd[t]);
+  }
+#else
+  const __m256i mask = _mm256_set1_epi8(0x0f);
+  TRITLM_UNROLL for (int t = 0; t < BT; ++t) lo[t] = hi[t] = _mm256_setzero_si256();
+  for (int j = 0; j < kQuadsPerBlock / 2; ++j) {
+    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 32 * j));
+    const __m256i n0 = _mm256_and_si256(c, mask), n1 = _mm256_and_si256(_mm256_srli_epi16(c, 4), mask);
+    TRITLM_UNROLL for (int t = 0; t < BT; ++t) {
+      const uint8_t* p = luts[t] + 64 * j;
+      auto table = [p](int off) {
+        return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + off)));
+      };
+      const __m256i l0 = _mm256_shuffle_epi8(table(0), n0), h0 = _mm256_shuffle_epi8(table(16), n0);
+      const __m256i l1 = _mm256_shuffle_epi8(table(32), n1), h1 = _mm256_shuffle_epi8(table(48), n1);
+      lo[t] = _mm256_add_epi16(lo[t], _mm256_add_epi16(_mm256_unpacklo_epi8(l0, h0), _mm256_unpacklo_epi8(l1, h1)));
+      hi[t] = _mm256_add_epi16(hi[t], _mm256_add_epi16(_mm256_unpackhi_epi8(l0, h0), _mm256_unpackhi_epi8(l1, h1)));
+    }
+  }
+#endif
+}
+
+// One tile of 32 weight rows against BT activation rows from b0: per scale group, the blocks'
+// sums are widened into int32 (rows 0-7, 8-15, 16-23, 24-31), corrected, converted and scaled,
+// then added to each row's running sum in group order, as scalar.cpp does row by row.
+constexpr int64_t kPrefetchAhead = 4096;
+
+template <int BT>
+TRITLM_INLINE void binary_tile(const WeightView& w, const ActView& a, int64_t tile, int64_t b0, int64_t r1, float* y,
+                               int64_t ldy) {
+  const int64_t nblocks = w.k / kBlock, gb = w.group_blocks, groups = w.groups(), lut_row = lut_bytes(a.k);
+  const uint8_t* codes = w.codes + tile * kTileRows * (w.k / 8);
+  const float* scales = w.scales + tile * groups * kTileRows;
+  __m256 acc[BT][4];
+  TRITLM_UNROLL for (int t = 0; t < BT; ++t) {
+    for (int j = 0; j < 4; ++j) acc[t][j] = _mm256_setzero_ps();
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256i isum[BT][4];
+    int32_t q_sum[BT];
+    TRITLM_UNROLL for (int t = 0; t < BT; ++t) {
+      for (int j = 0; j < 4; ++j) isum[t][j] = _mm256_setzero_si256();
+      q_sum[t] = 0;
+    }
+    for (int64_t blk = g * gb; blk < (g + 1) * gb; ++blk) {
+      const uint8_t* luts[BT];
+      TRITLM_UNROLL for (int t = 0; t < BT; ++t) {
+        luts[t] = a.lut + (b0 + t) * lut_row + blk * kQuadsPerBlock * 32;
+        q_sum[t] += a.block_sums[(b0 + t) * nblocks + blk];
+      }
+      __m256i lo[BT], hi[BT];
+      const uint8_t* bc = codes + blk * kTileRows * (kBlock / 8);
+      // The codes 4 KiB ahead into L2: more misses in flight than the hardware prefetcher keeps
+      // (measured on the 196 linears of Bonsai-1.7B, 2 threads: 12.6 -> 10.0 ms; 1-2 KiB ahead or
+      // into L1 gains less). Past the matrix's end it is harmless: prefetches never fault.
+      for (int l = 0; l < kBlock * kTileRows / 8; l += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(bc + kPrefetchAhead + l), _MM_HINT_T1);
+      binary_block<BT>(bc, luts, lo, hi);
+      TRITLM_UNROLL for (int t = 0; t < BT; ++t) {
+        isum[t][0] = _mm256_add_epi32(isum[t][0], _mm256_cvtepi16_epi32(_mm256_castsi256_si128(lo[t])));
+        isum[t][1] = _mm256_add_epi32(isum[t][1], _mm256_cvtepi16_epi32(_mm256_castsi256_si128(hi[t])));
+        isum[t][2] = _mm256_add_epi32(isum[t][2], _mm256_cvtepi16_epi32(_mm256_extracti128_si256(lo[t], 1)));
+        isum[t][3] = _mm256_add_epi32(isum[t][3], _mm256_cvtepi16_epi32(_mm256_extracti128_si256(hi[t], 1)));
+      }
+    }
+    const float* sg = scales + g * kTileRows;
+    // This group's scales as many groups ahead as the codes' prefetch is blocks ahead.
+    const char* next_scales = reinterpret_cast<const char*>(sg + kPrefetchAhead / (kBlock / 8));
+    for (int l = 0; l < kTileRows * 4; l += 64) _mm_prefetch(next_scales + l, _MM_HINT_T1);
+    TRITLM_UNROLL for (int t = 0; t < BT; ++t) {
+      const __m256i qs = _mm256_set1_epi32(q_sum[t]);
+      for (int j = 0; j < 4; ++j) {
+        const __m256i v = _mm256_sub_epi32(_mm256_add_epi32(isum[t][j], isum[t][j]), qs);
+        const __m256 term = _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_loadu_ps(sg + 8 * j));
+        acc[t][j] = _mm256_add_ps(acc[t][j], term);
+      }
+    }
+  }
+  const int64_t r0 = tile * kTileRows, rows = std::min(kTileRows, r1 - r0);
+  TRITLM_UNROLL for (int t = 0; t < BT; ++t) {
+    alignas(32) float out[kTileRows];
+    const __m256 s = _mm256_set1_ps(a.s[b0 + t]);
+    for (int j = 0; j < 4; ++j) _mm256_store_ps(out + 8 * j, _mm256_div_ps(acc[t][j], s));
+    std::copy(out, out + rows, y + (b0 + t) * ldy + r0);
+  }
+}
+
+// Weight tiles outer, activation rows inner: a tile's codes stay in L1 while the activation
+// rows' tables stream from L2.
+void matmul_binary(const WeightView& w, const ActView& a, int64_t r0, int64_t r1, float* y, int64_t ldy) {
+#if TRITLM_X86_VNNI
+  constexpr int kWide = 8;  // 32 vector registers: 16 int16 accumulators
+#else
+  constexpr int kWide = 4;
+#endif
+  // The first tiles' codes, which the prefetches 4 KiB ahead in binary_tile never cover.
+  const char* start = reinterpret_cast<const char*>(w.codes + r0 * (w.k / 8));
+  for (int64_t l = 0; l < kPrefetchAhead; l += 64) _mm_prefetch(start + l, _MM_HINT_T1);
+  for (int64_t tile = r0 / kTileRows; tile * kTileRows < r1; ++tile) {
+    int64_t b = 0;
+    for (; b + kWide <= a.rows; b += kWide) binary_tile<kWide>(w, a, tile, b, r1, y, ldy);
+    for (; b + 2 <= a.rows; b += 2) binary_tile<2>(w, a, tile, b, r1, y, ldy);
+    if (b < a.rows) binary_tile<1>(w, a, tile, b, r1, y, ldy);
+  }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -488,10 +661,12 @@ const KernelTable kTable = {
     "avx2",
 #endif
     quantize_row,
-    {matmul<TernaryBlock>, matmul<BinaryBlock>},
+    {matmul<TernaryBlock>, matmul_binary},
     matvec_f16,
     axpy_f16,
     matvec_q8,
+    lut_bytes,
+    build_lut,
 };
 
 }  // namespace

@@ -21,27 +21,56 @@ enum class Format : int {
   // code = w + 1 (0 -> -1, 1 -> 0, 2 -> +1; code 3 never occurs). This is bitnet.cpp's I2_S
   // block order, chosen because one shift and one mask yield 32 consecutive codes per vector.
   kTernary = 0,
-  // 1 bit per weight. Row n is K/8 bytes; block b is 16 bytes at offset 16*b, and bit u of
-  // byte j holds weight 16*u + j of the block as 1 -> +1, 0 -> -1. One shift and one mask
-  // yield 16 consecutive weights per 128-bit lane (NEON) or 2x16 per 256-bit vector (AVX2).
+  // 1 bit per weight, in tiles of 32 rows (n is padded to a multiple of 32 with zero bytes and
+  // zero scales; no kernel writes a padding row's output). Tile t (rows 32t..32t+31) is K*4
+  // bytes at offset t*K*4, and within it the 32 bytes at offset 32*j hold weights 8j..8j+7:
+  // byte p is row 32t+p, bit i weight 8j+i, as 1 -> +1, 0 -> -1. Chosen for lookup-table
+  // kernels: one byte-wide shuffle looks up a 4-weight nibble of 32 (AVX2) or 16 (NEON) rows at
+  // once, and one word-wide permute (AVX-512) a nibble of 16 row pairs.
   kBinary = 1,
 };
 constexpr int kFormatCount = 2;
 
-// Packed bytes of one row in a format.
-constexpr int64_t row_bytes(Format f, int64_t k) { return f == Format::kTernary ? k / 4 : k / 8; }
+// Rows of a binary tile.
+constexpr int64_t kTileRows = 32;
 
-// Weight i of a packed row, decoded from the format's layout: the definition the packers and
-// every kernel agree with.
-inline int weight_at(Format f, const uint8_t* row, int64_t i) {
-  const int64_t block = i / kBlock, j = i % kBlock;
-  if (f == Format::kTernary) return ((row[block * 32 + j % 32] >> (6 - 2 * (j / 32))) & 3) - 1;
-  return ((row[block * 16 + j % 16] >> (j / 16)) & 1) ? 1 : -1;
+// Rows the layout stores: n, rounded up to whole tiles for the binary format.
+constexpr int64_t padded_rows(Format f, int64_t n) {
+  return f == Format::kTernary ? n : (n + kTileRows - 1) / kTileRows * kTileRows;
 }
 
-// A packed weight matrix W[n, k]. Scales are f32 [n, k / (group_blocks * 128)]: the weights of
-// row r in group g are multiplied by scales[r * groups + g]. A per-tensor scale is stored as one
-// group per row (group_blocks = k / 128) holding the same value in every row.
+// Packed bytes of a whole n x k matrix in a format.
+constexpr int64_t code_bytes(Format f, int64_t n, int64_t k) {
+  return f == Format::kTernary ? n * (k / 4) : padded_rows(f, n) * (k / 8);
+}
+
+// Byte offset of row r's weights 8j..8j+7 (binary) in a matrix of input size k.
+constexpr int64_t binary_byte(int64_t k, int64_t r, int64_t j) {
+  return r / kTileRows * kTileRows * (k / 8) + j * kTileRows + r % kTileRows;
+}
+
+// Weight (r, i) of a packed matrix, decoded from the format's layout: the definition the
+// packers and every kernel agree with.
+inline int weight_at(Format f, const uint8_t* codes, int64_t k, int64_t r, int64_t i) {
+  if (f == Format::kTernary) {
+    const uint8_t* row = codes + r * (k / 4);
+    const int64_t block = i / kBlock, j = i % kBlock;
+    return ((row[block * 32 + j % 32] >> (6 - 2 * (j / 32))) & 3) - 1;
+  }
+  return ((codes[binary_byte(k, r, i / 8)] >> (i % 8)) & 1) ? 1 : -1;
+}
+
+// Index of row r's scale for group g among a matrix's scales: row-major [n, groups] for the
+// ternary format, [tile][group][32] for the binary one (so a tile's 32 scales of a group are
+// one contiguous vector for the lookup-table kernels' epilogues).
+constexpr int64_t scale_index(Format f, int64_t groups, int64_t r, int64_t g) {
+  return f == Format::kTernary ? r * groups + g : (r / kTileRows * groups + g) * kTileRows + r % kTileRows;
+}
+
+// A packed weight matrix W[n, k]. Scales are f32, k / (group_blocks * 128) groups a row: the
+// weights of row r in group g are multiplied by scales[scale_index(format, groups, r, g)]. A
+// per-tensor scale is stored as one group per row (group_blocks = k / 128) holding the same
+// value in every row.
 struct WeightView {
   Format format;
   const uint8_t* codes;
@@ -54,12 +83,16 @@ struct WeightView {
 
 // Activations quantized per row: q[b, k] int8, scale s[b] (x ~= q / s), block_sums[b, k/128]
 // the sum of q over each 128-element block (the offset correction of the 0/1/2 and 0/1 codes).
+// lut: for tables with a build_lut, the binary matmul's lookup tables of these rows, row b at
+// lut + b * lut_bytes(k) (the caller builds them once for all the matmuls that share the
+// activations); null otherwise.
 struct ActView {
   const int8_t* q;
   const float* s;
   const int32_t* block_sums;
   int64_t rows;
   int64_t k;
+  const uint8_t* lut = nullptr;
 };
 
 // Quantize one row of k floats (k a multiple of 128):
@@ -70,8 +103,14 @@ using QuantizeRowFn = bool (*)(const float* x, int64_t k, int8_t* q, float* s, i
 // y[b * ldy + r] for every activation row b and weight rows r in [r0, r1):
 //   acc = 0.0f; for each group g: acc = acc + float(isum_g) * scale[r, g]   (a multiply then an add,
 //   never fused); y = acc / s[b], where isum_g is the exact int32 sum of W[r, k] * q[b, k] over g.
+// For the binary format, r0 is a multiple of kTileRows and r1 one or n.
 using MatmulFn = void (*)(const WeightView& w, const ActView& a, int64_t r0, int64_t r1, float* y,
                           int64_t ldy);
+
+// The binary matmul's lookup tables of one activation row (contents private to the ISA): bytes
+// a row needs for input size k, and the builder from its int8 activations.
+using LutBytesFn = int64_t (*)(int64_t k);
+using BuildLutFn = void (*)(const int8_t* q, int64_t k, uint8_t* lut);
 
 // y[t * ldy + r] = dot(w row r, x row t) for weight rows r in [r0, r1) and x rows t < n_x, with
 // w an IEEE binary16 matrix and both row strides `cols` (a multiple of 16): the output head.
@@ -99,6 +138,8 @@ struct KernelTable {
   MatvecF16Fn matvec_f16;
   AxpyF16Fn axpy_f16;
   MatvecQ8Fn matvec_q8;
+  LutBytesFn lut_bytes;  // null if the binary matmul reads no lookup tables
+  BuildLutFn build_lut;
 };
 
 // Each ISA file defines its table; the ones a build or a CPU lacks are null (dispatch.cpp).

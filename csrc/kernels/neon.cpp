@@ -1,15 +1,17 @@
 // ARM Advanced SIMD (NEON) kernels for aarch64, bit-for-bit equal to scalar.cpp.
 //
 // CMake compiles this file twice on aarch64:
-//   * plain (baseline armv8-a): defines neon_table(), isa "neon". Products are widened with
-//     SMLAL into int16 lanes and folded into int32 with SADALP before an int16 can overflow.
+//   * plain (baseline armv8-a): defines neon_table(), isa "neon". Ternary products are widened
+//     with SMLAL into int16 lanes and folded into int32 with SADALP before an int16 can overflow.
 //   * with -march=armv8.2-a+dotprod -DTRITLM_NEON_DOTPROD=1: defines neon_dotprod_table(), isa
-//     "neon-dotprod", accumulating 4 products per int32 lane with SDOT (vdotq_s32).
+//     "neon-dotprod", accumulating 4 ternary products per int32 lane with SDOT (vdotq_s32).
+// Both share the binary kernel, which looks sums up in tables (TBL) and multiplies nothing.
 // Elsewhere the file is not compiled; dispatch.cpp returns null tables instead.
 //
-// Why the results are exact: weights are decoded to signed int8 {-1, 0, +1} (ternary) or
-// {-1, +1} (binary), so every product w * q lies in [-128, 128] and every integer sum over a
-// group is exact whatever the summation order. Only the float epilogue rounds, and it repeats
+// Why the results are exact: ternary weights are decoded to signed int8 {-1, 0, +1}, so every
+// product w * q lies in [-128, 128], and binary sums are looked up and added as integers whose
+// bounds are shown below; every integer sum over a group is exact whatever the summation
+// order. Only the float epilogue rounds, and it repeats
 // scalar.cpp's operations in scalar.cpp's order (one multiply, then one add, per group; then a
 // division). The build passes -ffp-contract=off so the compiler never fuses them into an FMA.
 //
@@ -181,7 +183,7 @@ struct RowSums {
 #endif
 
 // ------------------------------------------------------------------------------------------
-// Weight decoding: one 128-weight block into 8 vectors of 16 signed weights
+// Ternary weights: one 128-weight block into 8 vectors of 16 signed weights
 // ------------------------------------------------------------------------------------------
 
 // Codes 0/1/2 -> weights -1/0/+1.
@@ -206,28 +208,10 @@ inline void ternary_block(const uint8_t* codes, const int8_t* const* q, int64_t 
   sums.add(1, ternary_weights(vandq_u8(b1, mask)), q, off + 112);
 }
 
-// Binary block: 16 bytes; bit u of byte j is weight 16u + j. CMTST selects the bit of all 16
-// bytes at once and BSL turns set/clear into +1/-1. (Using 0/1 weights and the block sums would
-// save the BSL, but this way the result depends on q alone, like scalar.cpp's.)
-template <int R>
-inline void binary_block(const uint8_t* bits, const int8_t* const* q, int64_t off, RowSums<R>& sums) {
-  const uint8x16_t b = vld1q_u8(bits);
-  const int8x16_t plus = vdupq_n_s8(1), minus = vdupq_n_s8(-1);
-#pragma GCC unroll 8
-  for (int u = 0; u < 8; ++u) {
-    const uint8x16_t set = vtstq_u8(b, vdupq_n_u8(static_cast<uint8_t>(1u << u)));
-    sums.add(u & 1, vbslq_s8(set, plus, minus), q, off + 16 * u);
-  }
-}
-
-// ------------------------------------------------------------------------------------------
-// Matmul
-// ------------------------------------------------------------------------------------------
-
 // y[b * ldy + r] for weight row r and activation rows b0 .. b0 + R - 1.
-template <Format F, int R>
-void row_times_tile(const WeightView& w, const ActView& a, int64_t r, int64_t b0, float* y, int64_t ldy) {
-  constexpr int64_t kBlockBytes = F == Format::kTernary ? 32 : 16;
+template <int R>
+void ternary_row_times_tile(const WeightView& w, const ActView& a, int64_t r, int64_t b0, float* y, int64_t ldy) {
+  constexpr int64_t kBlockBytes = 32;
   const int64_t blocks = w.k / kBlock;
   const int64_t groups = blocks / w.group_blocks;
   const uint8_t* row = w.codes + r * blocks * kBlockBytes;
@@ -246,13 +230,7 @@ void row_times_tile(const WeightView& w, const ActView& a, int64_t r, int64_t b0
     const int64_t group_end = block + w.group_blocks;
     while (block < group_end) {
       const int64_t chunk_end = group_end - block > kFlushBlocks ? block + kFlushBlocks : group_end;
-      for (; block < chunk_end; ++block) {
-        if constexpr (F == Format::kTernary) {
-          ternary_block<R>(row + block * kBlockBytes, q, block * kBlock, sums);
-        } else {
-          binary_block<R>(row + block * kBlockBytes, q, block * kBlock, sums);
-        }
-      }
+      for (; block < chunk_end; ++block) ternary_block<R>(row + block * kBlockBytes, q, block * kBlock, sums);
       sums.flush();
     }
     // scalar.cpp's epilogue, operation for operation: multiply, round, then add.
@@ -264,23 +242,195 @@ void row_times_tile(const WeightView& w, const ActView& a, int64_t r, int64_t b0
   for (int i = 0; i < R; ++i) y[(b0 + i) * ldy + r] = acc[i] / a.s[b0 + i];
 }
 
-template <Format F>
-void matmul(const WeightView& w, const ActView& a, int64_t r0, int64_t r1, float* y, int64_t ldy) {
-  // Weight row outermost: its packed bytes (K/4 or K/8) stay in L1 while every activation
-  // tile passes over them, so each weight byte comes from memory once per call.
+void matmul_ternary(const WeightView& w, const ActView& a, int64_t r0, int64_t r1, float* y, int64_t ldy) {
+  // Weight row outermost: its packed bytes (K/4) stay in L1 while every activation tile passes
+  // over them, so each weight byte comes from memory once per call.
   for (int64_t r = r0; r < r1; ++r) {
     int64_t b = 0;
-    for (; a.rows - b >= kRowTile; b += kRowTile) row_times_tile<F, kRowTile>(w, a, r, b, y, ldy);
+    for (; a.rows - b >= kRowTile; b += kRowTile) ternary_row_times_tile<kRowTile>(w, a, r, b, y, ldy);
     // Remaining rows (< kRowTile) in tiles of 4, 2, 1.
     if (kRowTile > 4 && a.rows - b >= 4) {
-      row_times_tile<F, 4>(w, a, r, b, y, ldy);
+      ternary_row_times_tile<4>(w, a, r, b, y, ldy);
       b += 4;
     }
     if (a.rows - b >= 2) {
-      row_times_tile<F, 2>(w, a, r, b, y, ldy);
+      ternary_row_times_tile<2>(w, a, r, b, y, ldy);
       b += 2;
     }
-    if (a.rows - b >= 1) row_times_tile<F, 1>(w, a, r, b, y, ldy);
+    if (a.rows - b >= 1) ternary_row_times_tile<1>(w, a, r, b, y, ldy);
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Binary weights: lookup tables
+// ------------------------------------------------------------------------------------------
+//
+// As in avx2.cpp, a 1-bit weight is never unpacked: for every quad of activations q[4u..4u+3]
+// the table T_u[m] = sum of q[4u+i] over the set bits i of m (m < 16) is built once per
+// activation row (build_lut), and each nibble of the layout's bytes, a quad of one row's
+// weights as bits, indexes it: TBL looks up one nibble for 16 rows (a byte each) at once, so a
+// 32-byte chunk of a tile (8 weights of 32 rows) is two registers, rows 0-15 and 16-31, and
+// four lookups a register. The exact product is then sum(W * q) = 2 * sum_u T_u[nibble] - sum(q).
+//
+// TBL returns bytes and T needs 10 bits, so each table holds the biased T' = T + 512, in
+// [0, 1020] (four q >= -128 give T >= -512, four q <= 127 give T <= 508), split as
+// lo = T' & 127 and hi = T' >> 7, in [0, 7]. That split keeps the sums in bytes for longest:
+// a chunk's two lo lookups (low and high nibble) add up to at most 254, which one widening add
+// per 8 rows takes into uint16; a block's 32 hi lookups add up to at most 224, in bytes all
+// along. Per chunk and activation row that is 8 TBL, 6 byte adds and 4 widening adds (UADDW),
+// where joining low and high bytes into int16 first (ZIP1/ZIP2, as avx2.cpp unpacks) costs
+// 8 TBL, 8 ZIP and 8 int16 adds. A block ends with one UMLAL per 8 rows, lo + 128 * hi, which is
+// the block's biased sum (at most 32 * 1020 = 32640) in uint16, widened into uint32 per scale
+// group; the bias, 2 * 512 * 32 per block after doubling, is taken off with the block sums.
+
+constexpr int64_t kQuadsPerBlock = kBlock / 4;
+constexpr int32_t kLutBias = 512;  // -min(T): four activations of -128
+constexpr int64_t kLutQuadBytes = 32;  // a quad's table: 16 lo bytes, then 16 hi bytes
+
+int64_t lut_bytes(int64_t k) { return k / 4 * kLutQuadBytes; }
+
+// One quad's table from x, the int16 activations of two quads (this one at lanes L..L+3).
+// Lane m of bit_i is 1 if bit i of m is set, so t0 holds T' of m = 0..7, and t1 = t0 + q[3]
+// those of m = 8..15.
+template <int L>
+inline void quad_table(int16x8_t x, uint8_t* out) {
+  static const int16_t kBits[3][8] = {{0, 1, 0, 1, 0, 1, 0, 1}, {0, 0, 1, 1, 0, 0, 1, 1}, {0, 0, 0, 0, 1, 1, 1, 1}};
+  int16x8_t t0 = vmlaq_laneq_s16(vdupq_n_s16(kLutBias), vld1q_s16(kBits[0]), x, L);
+  t0 = vmlaq_laneq_s16(t0, vld1q_s16(kBits[1]), x, L + 1);
+  t0 = vmlaq_laneq_s16(t0, vld1q_s16(kBits[2]), x, L + 2);
+  const int16x8_t t1 = vmlaq_laneq_s16(t0, vdupq_n_s16(1), x, L + 3);
+  const uint16x8_t u0 = vreinterpretq_u16_s16(t0), u1 = vreinterpretq_u16_s16(t1);
+  // The low bytes of the 16 words (UZP1 keeps the even bytes), and T' >> 7 narrowed.
+  vst1q_u8(out, vandq_u8(vuzp1q_u8(vreinterpretq_u8_u16(u0), vreinterpretq_u8_u16(u1)), vdupq_n_u8(127)));
+  vst1q_u8(out + 16, vshrn_high_n_u16(vshrn_n_u16(u0, 7), u1, 7));
+}
+
+void build_lut(const int8_t* q, int64_t k, uint8_t* lut) {
+  for (int64_t u = 0; u < k / 4; u += 2) {  // k is a multiple of 128: quads come in pairs
+    const int16x8_t x = vmovl_s8(vld1_s8(q + 4 * u));
+    quad_table<0>(x, lut + kLutQuadBytes * u);
+    quad_table<4>(x, lut + kLutQuadBytes * (u + 1));
+  }
+}
+
+// The biased sums of one block (32 quads) for the 32 rows of a tile and BT activation rows:
+// s[t][0..3] rows 0-7, 8-15, 16-23, 24-31 of activation row t. codes: the block's 512 bytes;
+// luts[t]: the block's 32 tables of activation row t.
+template <int BT>
+inline void binary_block(const uint8_t* codes, const uint8_t* const (&luts)[BT], uint16x8_t (&s)[BT][4]) {
+  const uint8x16_t low_nibble = vdupq_n_u8(0x0f);
+  uint8x16_t hi[BT][2];
+  uint16x8_t lo[BT][4];
+#pragma GCC unroll 4
+  for (int t = 0; t < BT; ++t) {
+    hi[t][0] = hi[t][1] = vdupq_n_u8(0);
+    lo[t][0] = lo[t][1] = lo[t][2] = lo[t][3] = vdupq_n_u16(0);
+  }
+  for (int64_t j = 0; j < kQuadsPerBlock / 2; ++j) {  // weights 8j..8j+7: quads 2j (low nibbles), 2j + 1
+    const uint8x16x2_t c = vld1q_u8_x2(codes + kTileRows * j);
+    const uint8x16_t nib[2][2] = {{vandq_u8(c.val[0], low_nibble), vshrq_n_u8(c.val[0], 4)},
+                                  {vandq_u8(c.val[1], low_nibble), vshrq_n_u8(c.val[1], 4)}};
+#pragma GCC unroll 4
+    for (int t = 0; t < BT; ++t) {
+      // lo and hi bytes of quad 2j's table, then of quad 2j + 1's.
+      const uint8x16x4_t tab = vld1q_u8_x4(luts[t] + 2 * kLutQuadBytes * j);
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h) {  // rows 16h .. 16h + 15
+        const uint8x16_t l = vaddq_u8(vqtbl1q_u8(tab.val[0], nib[h][0]), vqtbl1q_u8(tab.val[2], nib[h][1]));
+        hi[t][h] = vaddq_u8(hi[t][h], vaddq_u8(vqtbl1q_u8(tab.val[1], nib[h][0]), vqtbl1q_u8(tab.val[3], nib[h][1])));
+        lo[t][2 * h] = vaddw_u8(lo[t][2 * h], vget_low_u8(l));
+        lo[t][2 * h + 1] = vaddw_high_u8(lo[t][2 * h + 1], l);
+      }
+    }
+  }
+  const uint8x16_t times128 = vdupq_n_u8(128);
+#pragma GCC unroll 4
+  for (int t = 0; t < BT; ++t) {
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      s[t][2 * h] = vmlal_u8(lo[t][2 * h], vget_low_u8(hi[t][h]), vget_low_u8(times128));
+      s[t][2 * h + 1] = vmlal_high_u8(lo[t][2 * h + 1], hi[t][h], times128);
+    }
+  }
+}
+
+// One tile of 32 weight rows against BT activation rows from b0: per scale group, the blocks'
+// biased sums are widened into uint32 (8 vectors of 4 rows), unbiased, corrected, converted and
+// scaled, then added to each row's running sum in group order, as scalar.cpp does row by row.
+template <int BT>
+inline void binary_tile(const WeightView& w, const ActView& a, int64_t tile, int64_t b0, int64_t r1, float* y,
+                        int64_t ldy) {
+  const int64_t nblocks = w.k / kBlock, gb = w.group_blocks, groups = nblocks / gb, lut_row = lut_bytes(a.k);
+  const uint8_t* codes = w.codes + tile * kTileRows * (w.k / 8);
+  const float* scales = w.scales + tile * groups * kTileRows;
+  // 2 * sum(T) = 2 * sum(T') - 2 * 512 per quad; the arithmetic is modulo 2^32 (the true isum
+  // fits int32 whatever the K).
+  const uint32_t bias = static_cast<uint32_t>(2 * kLutBias * kQuadsPerBlock) * static_cast<uint32_t>(gb);
+  float32x4_t acc[BT][8];
+#pragma GCC unroll 4
+  for (int t = 0; t < BT; ++t) {
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) acc[t][i] = vdupq_n_f32(0.0f);
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    uint32x4_t isum[BT][8];
+    uint32_t q_sum[BT];
+#pragma GCC unroll 4
+    for (int t = 0; t < BT; ++t) {
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) isum[t][i] = vdupq_n_u32(0);
+      q_sum[t] = 0;
+    }
+    for (int64_t blk = g * gb; blk < (g + 1) * gb; ++blk) {
+      const uint8_t* luts[BT];
+#pragma GCC unroll 4
+      for (int t = 0; t < BT; ++t) {
+        luts[t] = a.lut + (b0 + t) * lut_row + blk * kQuadsPerBlock * kLutQuadBytes;
+        q_sum[t] += static_cast<uint32_t>(a.block_sums[(b0 + t) * nblocks + blk]);
+      }
+      uint16x8_t s[BT][4];
+      binary_block<BT>(codes + blk * kTileRows * (kBlock / 8), luts, s);
+#pragma GCC unroll 4
+      for (int t = 0; t < BT; ++t) {
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) {
+          isum[t][2 * i] = vaddw_u16(isum[t][2 * i], vget_low_u16(s[t][i]));
+          isum[t][2 * i + 1] = vaddw_high_u16(isum[t][2 * i + 1], s[t][i]);
+        }
+      }
+    }
+    // scalar.cpp's epilogue, four rows at a time: multiply, round, then add.
+    const float* sg = scales + g * kTileRows;
+#pragma GCC unroll 4
+    for (int t = 0; t < BT; ++t) {
+      const uint32x4_t correction = vdupq_n_u32(bias + q_sum[t]);
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) {
+        const int32x4_t v = vreinterpretq_s32_u32(vsubq_u32(vshlq_n_u32(isum[t][i], 1), correction));
+        const float32x4_t term = vmulq_f32(vcvtq_f32_s32(v), vld1q_f32(sg + 4 * i));
+        acc[t][i] = vaddq_f32(acc[t][i], term);
+      }
+    }
+  }
+  const int64_t r0 = tile * kTileRows, rows = r1 - r0 < kTileRows ? r1 - r0 : kTileRows;
+#pragma GCC unroll 4
+  for (int t = 0; t < BT; ++t) {
+    float out[kTileRows];
+    const float32x4_t s = vdupq_n_f32(a.s[b0 + t]);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) vst1q_f32(out + 4 * i, vdivq_f32(acc[t][i], s));
+    std::memcpy(y + (b0 + t) * ldy + r0, out, static_cast<size_t>(rows) * sizeof(float));
+  }
+}
+
+// Weight tiles outer, activation rows inner, two at a time (the codes' loads and nibble splits
+// then serve both; three would not fit the 32 vector registers): a tile's codes stay in L1
+// while the activation rows' tables stream from L2.
+void matmul_binary(const WeightView& w, const ActView& a, int64_t r0, int64_t r1, float* y, int64_t ldy) {
+  for (int64_t tile = r0 / kTileRows; tile * kTileRows < r1; ++tile) {
+    int64_t b = 0;
+    for (; b + 2 <= a.rows; b += 2) binary_tile<2>(w, a, tile, b, r1, y, ldy);
+    if (b < a.rows) binary_tile<1>(w, a, tile, b, r1, y, ldy);
   }
 }
 
@@ -398,10 +548,12 @@ void matvec_q8(const int8_t* w, const float* w_scale, int64_t cols, const int8_t
 constexpr KernelTable kNeonTable = {
     TRITLM_NEON_ISA_NAME,
     quantize_row,
-    {matmul<Format::kTernary>, matmul<Format::kBinary>},
+    {matmul_ternary, matmul_binary},
     matvec_f16,
     axpy_f16,
     matvec_q8,
+    lut_bytes,
+    build_lut,
 };
 
 }  // namespace

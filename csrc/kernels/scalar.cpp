@@ -39,16 +39,15 @@ bool quantize_row(const float* x, int64_t k, int8_t* q, float* s, int32_t* block
 
 template <Format F>
 void matmul(const WeightView& w, const ActView& a, int64_t r0, int64_t r1, float* y, int64_t ldy) {
-  const int64_t rb = row_bytes(F, w.k), groups = w.groups(), gk = w.group_blocks * kBlock;
+  const int64_t groups = w.groups(), gk = w.group_blocks * kBlock;
   for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = w.codes + r * rb;
     for (int64_t b = 0; b < a.rows; ++b) {
       const int8_t* q = a.q + b * a.k;
       float acc = 0.0f;
       for (int64_t g = 0; g < groups; ++g) {
         int32_t isum = 0;
-        for (int64_t i = g * gk; i < (g + 1) * gk; ++i) isum += weight_at(F, row, i) * q[i];
-        const float term = static_cast<float>(isum) * w.scales[r * groups + g];
+        for (int64_t i = g * gk; i < (g + 1) * gk; ++i) isum += weight_at(F, w.codes, w.k, r, i) * q[i];
+        const float term = static_cast<float>(isum) * w.scales[scale_index(F, groups, r, g)];
         acc = acc + term;
       }
       y[b * ldy + r] = acc / a.s[b];
@@ -95,6 +94,8 @@ const KernelTable kScalarTable = {
     matvec_f16,
     axpy_f16,
     matvec_q8,
+    nullptr,
+    nullptr,
 };
 
 }  // namespace tritlm::kernels

@@ -4,8 +4,11 @@
 // +dotprod) and run under qemu-aarch64 by tests/test_neon_qemu.py. For every case the scalar
 // table computes the reference and each NEON table must reproduce every output bit:
 //   * matmul, both formats, over shapes (activation rows x weight rows x K x group size), a
-//     split row range [r0, mid) + [mid, r1) against one scalar call, and ldy > n with sentinel
-//     padding that must stay untouched;
+//     split row range [r0, mid) + [mid, r1) against one scalar call (for the binary format mid
+//     is a tile boundary, possibly 0, and weight rows end in partial tiles), and ldy > n with
+//     sentinel padding, and a sentinel tail past the last row, that must stay untouched; a
+//     table with lookup tables (build_lut) gets them built for every activation row first, as
+//     packed.cpp does;
 //   * the int16/int32 extremes: all q = 127 or -128 against all +1 / all -1 weights at large K;
 //   * special scales (0, -0, subnormal, huge, inf, NaN);
 //   * quantize_row on random rows of many magnitudes, exact .5 ties, amax below 1e-5,
@@ -102,17 +105,19 @@ std::string describe(const MatmulCase& c) {
   return buf;
 }
 
-// Pack weight values (-1/0/+1, or -1/+1 for binary) of one row into the run-time layout of
-// kernels.h, written independently of the kernels; weight_at() must read them back.
-void pack_row(k::Format f, const std::vector<int>& w, uint8_t* out) {
+// Pack weight values (-1/0/+1, or -1/+1 for binary) of row r into the run-time layout of
+// kernels.h (codes zeroed beforehand), written from the layout's description rather than with
+// its helpers; weight_at() must read them back.
+void pack_row(k::Format f, int64_t r, const std::vector<int>& w, uint8_t* codes) {
   const int64_t kk = static_cast<int64_t>(w.size());
-  std::memset(out, 0, k::row_bytes(f, kk));
   for (int64_t i = 0; i < kk; ++i) {
-    const int64_t block = i / k::kBlock, j = i % k::kBlock;
     if (f == k::Format::kTernary) {
-      out[block * 32 + j % 32] |= static_cast<uint8_t>((w[i] + 1) << (6 - 2 * (j / 32)));
+      const int64_t block = i / k::kBlock, j = i % k::kBlock;
+      codes[r * (kk / 4) + block * 32 + j % 32] |= static_cast<uint8_t>((w[i] + 1) << (6 - 2 * (j / 32)));
     } else if (w[i] > 0) {
-      out[block * 16 + j % 16] |= static_cast<uint8_t>(1u << (j / 16));
+      // Tile r / 32 is kk * 4 bytes; in it, 32 bytes per 8 weights, one byte per row.
+      const int64_t tile = r / k::kTileRows, row_in_tile = r % k::kTileRows;
+      codes[tile * kk * 4 + (i / 8) * k::kTileRows + row_in_tile] |= static_cast<uint8_t>(1u << (i % 8));
     }
   }
 }
@@ -157,22 +162,24 @@ struct MatmulData {
 
 MatmulData make_data(const MatmulCase& c, std::mt19937_64& rng) {
   MatmulData d;
-  const int64_t rb = k::row_bytes(c.format, c.k), blocks = c.k / k::kBlock, groups = blocks / c.group_blocks;
-  d.codes.resize(c.n * rb);
+  const int64_t blocks = c.k / k::kBlock, groups = blocks / c.group_blocks;
+  // Padding rows of the binary layout keep zero codes and zero scales, as the packers leave them.
+  d.codes.assign(k::code_bytes(c.format, c.n, c.k), 0);
+  d.scales.assign(k::padded_rows(c.format, c.n) * groups, 0.0f);
   std::vector<int> row(c.k);
   for (int64_t r = 0; r < c.n; ++r) {
     for (int64_t i = 0; i < c.k; ++i) row[i] = weight_value(c, r, rng);
-    pack_row(c.format, row, d.codes.data() + r * rb);
-    for (int64_t i = 0; i < c.k; i += 97) {  // spot-check the packer against the contract
-      if (k::weight_at(c.format, d.codes.data() + r * rb, i) != row[i]) {
+    pack_row(c.format, r, row, d.codes.data());
+    for (int64_t i = r % 7; i < c.k; i += 97) {  // spot-check the packer against the contract
+      if (k::weight_at(c.format, d.codes.data(), c.k, r, i) != row[i]) {
         std::printf("driver bug: pack_row disagrees with weight_at\n");
         std::exit(2);
       }
     }
-  }
-  d.scales.resize(c.n * groups);
-  for (float& v : d.scales) {
-    v = c.scales == ScaleFill::kOne ? 1.0f : c.scales == ScaleFill::kSpecial ? special_scale(rng) : random_scale(rng);
+    for (int64_t g = 0; g < groups; ++g) {
+      d.scales[k::scale_index(c.format, groups, r, g)] =
+          c.scales == ScaleFill::kOne ? 1.0f : c.scales == ScaleFill::kSpecial ? special_scale(rng) : random_scale(rng);
+    }
   }
   d.q.resize(c.rows * c.k);
   for (int64_t b = 0; b < c.rows; ++b) {
@@ -200,15 +207,30 @@ MatmulData make_data(const MatmulCase& c, std::mt19937_64& rng) {
 }
 
 constexpr uint32_t kSentinel = 0x7fbadbadu;  // a NaN pattern no kernel produces
+// Sentinel floats after the last output row: a write for a padding row of the last activation
+// row's last binary tile would land there.
+constexpr int64_t kTail = k::kTileRows;
+
+// The activation rows' lookup tables for a table whose binary matmul reads them (none
+// otherwise), built as packed.cpp builds them, in a buffer first filled with junk so that
+// build_lut must write every byte the matmul reads.
+std::vector<uint8_t> build_luts(const k::KernelTable& t, const MatmulCase& c, const MatmulData& d) {
+  if (c.format != k::Format::kBinary || t.build_lut == nullptr) return {};
+  const int64_t bytes = t.lut_bytes(c.k);
+  std::vector<uint8_t> lut(c.rows * bytes, 0xa5);
+  for (int64_t b = 0; b < c.rows; ++b) t.build_lut(d.q.data() + b * c.k, c.k, lut.data() + b * bytes);
+  return lut;
+}
 
 // Runs one case through scalar (one call over all rows) and each table (two calls splitting the
-// weight rows at n/2), with ldy = n + 3 so the padding must keep its sentinel.
+// weight rows at mid: n/2, or for the binary format n/2 rounded down to a tile boundary), with
+// ldy = n + 3 so the padding must keep its sentinel, as must rows [mid, n) after the first call.
 void run_matmul_case(const MatmulCase& c, const std::vector<const k::KernelTable*>& tables,
                      std::mt19937_64& rng) {
   const MatmulData d = make_data(c, rng);
-  const int64_t ldy = c.n + 3;
+  const int64_t ldy = c.n + 3, size = c.rows * ldy + kTail;
   const int fi = static_cast<int>(c.format);
-  std::vector<float> expect(c.rows * ldy, float_of(kSentinel));
+  std::vector<float> expect(size, float_of(kSentinel));
   k::kScalarTable.matmul[fi](d.w, d.a, 0, c.n, expect.data(), ldy);
 
   // Analytic check of the reference itself where the answer is known exactly.
@@ -221,13 +243,22 @@ void run_matmul_case(const MatmulCase& c, const std::vector<const k::KernelTable
     }
   }
 
+  const int64_t align = c.format == k::Format::kBinary ? k::kTileRows : 1;
+  const int64_t mid = c.n / 2 / align * align;
   for (const k::KernelTable* t : tables) {
-    std::vector<float> got(c.rows * ldy, float_of(kSentinel));
-    const int64_t mid = c.n / 2;
-    t->matmul[fi](d.w, d.a, 0, mid, got.data(), ldy);
-    t->matmul[fi](d.w, d.a, mid, c.n, got.data(), ldy);
+    const std::vector<uint8_t> lut = build_luts(*t, c, d);
+    k::ActView a = d.a;
+    a.lut = lut.empty() ? nullptr : lut.data();
+    std::vector<float> got(size, float_of(kSentinel));
+    t->matmul[fi](d.w, a, 0, mid, got.data(), ldy);
+    // The first call writes weight rows [0, mid) only.
+    int strays = 0;
+    for (int64_t i = 0; i < size; ++i) strays += i % ldy >= mid && bits_of(got[i]) != kSentinel;
+    record(strays == 0, std::string(t->isa) + " matmul " + describe(c) + " writes only [0, " + std::to_string(mid) +
+                            ") (" + std::to_string(strays) + " values outside)");
+    t->matmul[fi](d.w, a, mid, c.n, got.data(), ldy);
     int bad = 0;
-    for (int64_t i = 0; i < c.rows * ldy; ++i) {
+    for (int64_t i = 0; i < size; ++i) {
       if (bits_of(got[i]) != bits_of(expect[i])) {
         if (bad < kMaxReported) {
           std::printf("  %s matmul %s: y[%" PRId64 "][%" PRId64 "] = %.9g (0x%08x), scalar %.9g (0x%08x)\n",
@@ -246,16 +277,20 @@ std::vector<MatmulCase> matmul_cases() {
   const int64_t ks[] = {128, 256, 640, 2560, 6912};
   const k::Format formats[] = {k::Format::kTernary, k::Format::kBinary};
   for (k::Format f : formats) {
+    const bool binary = f == k::Format::kBinary;
+    // Ternary: activation rows 1, 3, 7, 17 cover every tile path (8/4 main tiles, 4-2-1 tails);
+    // weight rows odd and even, 1 included. Binary: activation rows in pairs and a single one
+    // (odd and even counts), weight rows in one partial tile, one whole tile, a whole tile and
+    // one row, and two tiles and a partial one. 64 is a full prefill batch.
+    const std::vector<int64_t> rows_list =
+        binary ? std::vector<int64_t>{1, 2, 3, 5, 9, 64} : std::vector<int64_t>{1, 3, 7, 17, 64};
+    const std::vector<int64_t> n_list = binary ? std::vector<int64_t>{1, 31, 32, 33, 70} : std::vector<int64_t>{1, 7, 8, 33};
     for (int64_t kk : ks) {
       const int64_t blocks = kk / k::kBlock;
       std::vector<int64_t> gbs{blocks};  // one group per row (per-tensor / per-channel scale)
       if (blocks % 2 == 0 && blocks != 2) gbs.push_back(2);
       if (blocks != 1) gbs.push_back(1);
       for (int64_t gb : gbs) {
-        // Activation rows 1, 3, 7, 17 cover every tile path (8/4 main tiles, 4-2-1 tails);
-        // 64 is a full prefill batch. Weight rows odd and even, 1 included.
-        const int64_t rows_list[] = {1, 3, 7, 17, 64};
-        const int64_t n_list[] = {1, 7, 8, 33};
         for (int64_t rows : rows_list) {
           for (int64_t n : n_list) {
             cases.push_back({f, rows, n, kk, gb});
@@ -263,14 +298,15 @@ std::vector<MatmulCase> matmul_cases() {
         }
       }
     }
-    // Scales that are zero, subnormal, huge, infinite, NaN.
-    cases.push_back({f, 5, 9, 1024, 1, WeightFill::kRandom, ActFill::kRandom, ScaleFill::kSpecial});
+    // Scales that are zero, subnormal, huge, infinite, NaN (over two tiles, the second partial).
+    cases.push_back({f, 5, 40, 1024, 1, WeightFill::kRandom, ActFill::kRandom, ScaleFill::kSpecial});
     cases.push_back({f, 9, 6, 2560, 2, WeightFill::kRandom, ActFill::kRandom, ScaleFill::kSpecial});
-    // Accumulator extremes: every product +-127 or +-128 over a long row.
+    // Accumulator extremes: every product +-127 or +-128 over a long row (the binary kernels'
+    // int16 and byte sums at their bounds), in a tile and a partial one.
     for (int64_t kk : {int64_t{6912}, int64_t{16384}}) {
       for (WeightFill wf : {WeightFill::kAllPlus, WeightFill::kAllMinus, WeightFill::kRowsPlusMinusZero}) {
-        cases.push_back({f, 3, 3, kk, kk / k::kBlock, wf, ActFill::kExtremes, ScaleFill::kOne});
-        cases.push_back({f, 3, 3, kk, 1, wf, ActFill::kExtremes, ScaleFill::kRandom});
+        cases.push_back({f, 3, 35, kk, kk / k::kBlock, wf, ActFill::kExtremes, ScaleFill::kOne});
+        cases.push_back({f, 3, 35, kk, 1, wf, ActFill::kExtremes, ScaleFill::kRandom});
       }
       cases.push_back({f, 9, 4, kk, 16, WeightFill::kAllMinus, ActFill::kExtremes, ScaleFill::kRandom});
     }
@@ -589,6 +625,10 @@ int main() {
     std::printf("skipping table: neon-dotprod (CPU lacks dotprod, HWCAP_ASIMDDP not set)\n");
   }
   std::fflush(stdout);
+
+  // The NEON binary matmul reads lookup tables: packed.cpp builds them only if both are set.
+  for (const k::KernelTable* t : tables)
+    record(t->lut_bytes != nullptr && t->build_lut != nullptr, std::string(t->isa) + " has lut_bytes and build_lut");
 
   std::mt19937_64 rng(kSeed);
   run_quantize_cases(tables, rng);
