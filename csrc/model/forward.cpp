@@ -61,30 +61,43 @@ void head_rmsnorm(std::vector<float>& x, const std::vector<float>& w, int head_d
   rmsnorm(x.data(), x.data(), w, static_cast<int>(x.size() / head_dim), head_dim, eps);
 }
 
-// Rotary position embedding in NEOX (rotate-half) order over each head of width head_dim; token
-// t sits at rows[t].pos.
-void rope(float* x, const std::vector<Row>& rows, int n_heads, int head_dim, const std::vector<float>& inv_freq) {
+// The rotation of each token's position for rotary position embedding: cos and sin of
+// pos * inv_freq[i], [token][head_dim / 2], computed once per forward pass (every layer and both
+// q and k use the same angles). inv_freq is 1 / theta^(2i / head_dim) in f32, as transformers
+// computes it.
+struct Rotation {
+  std::vector<float> cos, sin;
+};
+
+Rotation rotation(const Config& c, const std::vector<Row>& rows) {
+  const int half = c.head_dim / 2;
+  Rotation r;
+  r.cos.resize(rows.size() * half);
+  r.sin.resize(rows.size() * half);
+  for (int i = 0; i < half; ++i) {
+    const float inv_freq = 1.0f / std::pow(c.rope_theta, static_cast<float>(2 * i) / static_cast<float>(c.head_dim));
+    for (size_t t = 0; t < rows.size(); ++t) {
+      const float angle = static_cast<float>(rows[t].pos) * inv_freq;
+      r.cos[t * half + i] = static_cast<float>(std::cos(static_cast<double>(angle)));
+      r.sin[t * half + i] = static_cast<float>(std::sin(static_cast<double>(angle)));
+    }
+  }
+  return r;
+}
+
+// Rotary position embedding in NEOX (rotate-half) order over each head of width head_dim.
+void rope(float* x, const Rotation& rot, int n_tokens, int n_heads, int head_dim) {
   const int half = head_dim / 2;
-  for (size_t t = 0; t < rows.size(); ++t)
-    for (int i = 0; i < half; ++i) {
-      const float angle = static_cast<float>(rows[t].pos) * inv_freq[i];
-      const float c = static_cast<float>(std::cos(static_cast<double>(angle)));
-      const float s = static_cast<float>(std::sin(static_cast<double>(angle)));
-      for (int h = 0; h < n_heads; ++h) {
-        float* v = x + (static_cast<int64_t>(t) * n_heads + h) * head_dim;
+  for (int t = 0; t < n_tokens; ++t)
+    for (int h = 0; h < n_heads; ++h) {
+      float* v = x + (static_cast<int64_t>(t) * n_heads + h) * head_dim;
+      for (int i = 0; i < half; ++i) {
+        const float c = rot.cos[static_cast<size_t>(t) * half + i], s = rot.sin[static_cast<size_t>(t) * half + i];
         const float a = v[i], b = v[i + half];
         v[i] = a * c - b * s;
         v[i + half] = b * c + a * s;
       }
     }
-}
-
-// As transformers computes it: 1 / theta^(2i / head_dim) in f32.
-std::vector<float> rope_inv_freq(const Config& c) {
-  std::vector<float> f;
-  for (int i = 0; i < c.head_dim / 2; ++i)
-    f.push_back(1.0f / std::pow(c.rope_theta, static_cast<float>(2 * i) / static_cast<float>(c.head_dim)));
-  return f;
 }
 
 float relu2(float g) { return g > 0.0f ? g * g : 0.0f; }
@@ -246,7 +259,7 @@ void forward(const Model& m, const int32_t* tokens, const std::vector<Row>& rows
   const Config& c = m.config;
   const int n = static_cast<int>(rows.size());
   const int64_t kv_dim = static_cast<int64_t>(c.n_kv_heads) * c.head_dim;
-  const std::vector<float> inv_freq = rope_inv_freq(c);
+  const Rotation rot = rotation(c, rows);
   x.resize(static_cast<size_t>(n) * c.dim);
   for (int t = 0; t < n; ++t)
     for (int i = 0; i < c.dim; ++i) x[static_cast<size_t>(t) * c.dim + i] = m.token_embd.at(tokens[t], i);
@@ -262,8 +275,8 @@ void forward(const Model& m, const int32_t* tokens, const std::vector<Row>& rows
       head_rmsnorm(q, L.attn_q_norm, c.head_dim, c.norm_eps);
       head_rmsnorm(k, L.attn_k_norm, c.head_dim, c.norm_eps);
     }
-    rope(q.data(), rows, c.n_heads, c.head_dim, inv_freq);
-    rope(k.data(), rows, c.n_kv_heads, c.head_dim, inv_freq);
+    rope(q.data(), rot, n, c.n_heads, c.head_dim);
+    rope(k.data(), rot, n, c.n_kv_heads, c.head_dim);
     for (int t = 0; t < n; ++t) rows[t].kv->store(l, rows[t].pos, k.data() + t * kv_dim, v.data() + t * kv_dim);
     attention(c, l, rows, q, attn, n_threads);
     if (c.sub_norms) {
