@@ -395,6 +395,10 @@ void build_lut(const int8_t* q, int64_t k, uint8_t* lut) {
   }
 }
 
+// GCC unrolls a block's 16 chunks completely and then spills the loads it hoisted: two at a time
+// runs decode at 1.9-2.1 cycles a row block L2-hot instead of 2.4-2.8.
+#define TRITLM_UNROLL_CHUNKS _Pragma("GCC unroll 2")
+
 // The int16 sums of one block (32 quads) for the 32 rows of a tile and BT activation rows:
 // lo[t] rows 0-7 | 16-23, hi[t] rows 8-15 | 24-31. codes: the block's 512 bytes; luts[t]: the
 // block's 32 tables of activation row t.
@@ -404,7 +408,7 @@ TRITLM_INLINE void binary_block(const uint8_t* codes, const uint8_t* const (&lut
 #if TRITLM_X86_VNNI
   __m256i even[BT], odd[BT];
   TRITLM_UNROLL for (int t = 0; t < BT; ++t) even[t] = odd[t] = _mm256_setzero_si256();
-  for (int j = 0; j < kQuadsPerBlock / 2; ++j) {  // 8 weights: quads 2j (low nibbles), 2j + 1
+  TRITLM_UNROLL_CHUNKS for (int j = 0; j < kQuadsPerBlock / 2; ++j) {  // 8 weights: quads 2j (low nibbles), 2j + 1
     const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 32 * j));
     const __m256i c4 = _mm256_srli_epi16(c, 4), c8 = _mm256_srli_epi16(c, 8), c12 = _mm256_srli_epi16(c, 12);
     TRITLM_UNROLL for (int t = 0; t < BT; ++t) {
@@ -424,7 +428,7 @@ TRITLM_INLINE void binary_block(const uint8_t* codes, const uint8_t* const (&lut
 #else
   const __m256i mask = _mm256_set1_epi8(0x0f);
   TRITLM_UNROLL for (int t = 0; t < BT; ++t) lo[t] = hi[t] = _mm256_setzero_si256();
-  for (int j = 0; j < kQuadsPerBlock / 2; ++j) {
+  TRITLM_UNROLL_CHUNKS for (int j = 0; j < kQuadsPerBlock / 2; ++j) {
     const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 32 * j));
     const __m256i n0 = _mm256_and_si256(c, mask), n1 = _mm256_and_si256(_mm256_srli_epi16(c, 4), mask);
     TRITLM_UNROLL for (int t = 0; t < BT; ++t) {
