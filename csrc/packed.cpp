@@ -46,31 +46,106 @@ namespace {
 // Upper bound on one matmul's lookup tables: activation rows go in slabs whose tables fit.
 constexpr int64_t kMaxLutBytes = int64_t{32} << 20;
 
-// Runs the products' row chunks in one parallel job.
+// The rows of several products, in units of one binary tile (kTileRows rows), split into one
+// contiguous span a thread. Decode streams each weight byte once, and a long sequential read a
+// thread keeps the memory system busiest (two chunks a thread measured 82-86% of read bandwidth
+// against 74-81% with eight), but fixed chunks leave the thread that finishes first idle for
+// up to a chunk, and on a shared host the threads' speeds differ. So a thread that runs out
+// takes the back half of the fullest other span and streams that front to back as its own,
+// where it can be taken from in turn: the tail shrinks by halves, and reads stay sequential.
+class Spans {
+ public:
+  // One span a thread, but no more spans than units.
+  Spans(const std::vector<Product>& products, int n_threads) : products_(products) {
+    for (const Product& p : products) end_unit_.push_back(units_ += (p.w->n + kernels::kTileRows - 1) / kernels::kTileRows);
+    n_ = static_cast<int>(std::clamp<int64_t>(units_, 1, n_threads));
+    spans_.reset(new Span[n_]);
+    for (int i = 0; i < n_; ++i) spans_[i].range.store(pack(units_ * i / n_, units_ * (i + 1) / n_));
+  }
+
+  int count() const { return n_; }
+
+  // Computes span `own` and then whatever it can take from the others.
+  void run(const kernels::KernelTable& t, const kernels::ActView& av, int64_t b0, int own) {
+    Span& mine = spans_[own];
+    for (;;) {
+      int64_t u0, u1;
+      while (take_front(mine, u0, u1)) compute(t, av, b0, u0, u1);
+      if (!steal(mine)) return;
+    }
+  }
+
+ private:
+  struct alignas(64) Span {
+    std::atomic<uint64_t> range;  // unclaimed units [front, back), front in the high half
+  };
+  static uint64_t pack(int64_t front, int64_t back) { return static_cast<uint64_t>(front) << 32 | static_cast<uint64_t>(back); }
+  static int64_t front(uint64_t r) { return static_cast<int64_t>(r >> 32); }
+  static int64_t back(uint64_t r) { return static_cast<int64_t>(r & 0xffffffffu); }
+
+  // The owner claims a few tiles at a time: few enough that the tail stays short, enough that
+  // a claim costs nothing beside the tiles' kernel time.
+  static bool take_front(Span& s, int64_t& u0, int64_t& u1) {
+    constexpr int64_t kClaim = 4;
+    uint64_t r = s.range.load(std::memory_order_relaxed);
+    do {
+      if (front(r) >= back(r)) return false;
+      u0 = front(r);
+      u1 = std::min(back(r), u0 + kClaim);
+    } while (!s.range.compare_exchange_weak(r, pack(u1, back(r))));
+    return true;
+  }
+
+  // Moves the back half of the fullest other span into `mine` (empty: only its owner fills
+  // it, and a thief's stale compare-exchange fails); false when every span is empty.
+  bool steal(Span& mine) {
+    for (;;) {
+      int victim = -1;
+      int64_t most = 0;
+      for (int i = 0; i < n_; ++i) {
+        const uint64_t r = spans_[i].range.load(std::memory_order_relaxed);
+        if (&spans_[i] != &mine && back(r) - front(r) > most) {
+          most = back(r) - front(r);
+          victim = i;
+        }
+      }
+      if (victim < 0) return false;
+      uint64_t r = spans_[victim].range.load(std::memory_order_relaxed);
+      const int64_t f = front(r), b = back(r);
+      if (f >= b) continue;
+      const int64_t mid = b - (b - f + 1) / 2;
+      if (spans_[victim].range.compare_exchange_strong(r, pack(f, mid))) {
+        mine.range.store(pack(mid, b));
+        return true;
+      }
+    }
+  }
+
+  // Units [u0, u1) of the concatenated products, split where one product ends.
+  void compute(const kernels::KernelTable& t, const kernels::ActView& av, int64_t b0, int64_t u0, int64_t u1) const {
+    int64_t start = 0;
+    for (size_t i = 0; i < products_.size() && u0 < u1; start = end_unit_[i++]) {
+      if (u0 >= end_unit_[i]) continue;
+      const Product& p = products_[i];
+      const int64_t end = std::min(u1, end_unit_[i]), n = p.w->n;
+      const int64_t r0 = (u0 - start) * kernels::kTileRows, r1 = std::min(n, (end - start) * kernels::kTileRows);
+      t.matmul[static_cast<int>(p.w->format)](p.w->view(), av, r0, r1, p.y + b0 * n, n);
+      u0 = end;
+    }
+  }
+
+  const std::vector<Product>& products_;
+  std::vector<int64_t> end_unit_;  // end_unit_[i]: one past product i's last unit
+  int64_t units_ = 0;
+  std::unique_ptr<Span[]> spans_;
+  int n_ = 1;
+};
+
+// Runs the products' rows in one parallel job.
 void matmul_rows(const kernels::KernelTable& t, const std::vector<Product>& products, const kernels::ActView& av,
                  int64_t b0, int n_threads) {
-  // Decode streams each weight byte once: two long chunks a thread keep each thread's reads
-  // sequential (measured 82-86% of read bandwidth against 74-81% with eight). Batched calls are
-  // compute-bound and balance better with eight. At least 16 rows a chunk either way, and whole
-  // tiles of the binary layout.
-  struct Chunk {
-    const Product* p;
-    kernels::WeightView w;
-    int64_t r0, r1;
-  };
-  std::vector<Chunk> chunks;
-  const int64_t per_thread = av.rows <= 8 ? 2 : 8;
-  for (const Product& p : products) {
-    const int64_t n = p.w->n, align = p.w->format == kernels::Format::kBinary ? kernels::kTileRows : 1;
-    int64_t chunk = std::max<int64_t>(16, (n + per_thread * n_threads - 1) / (per_thread * n_threads));
-    chunk = (chunk + align - 1) / align * align;
-    for (int64_t r0 = 0; r0 < n; r0 += chunk) chunks.push_back({&p, p.w->view(), r0, std::min(n, r0 + chunk)});
-  }
-  ThreadPool::instance().run(static_cast<int64_t>(chunks.size()), n_threads, [&](int64_t i) {
-    const Chunk& c = chunks[i];
-    const int64_t n = c.p->w->n;
-    t.matmul[static_cast<int>(c.w.format)](c.w, av, c.r0, c.r1, c.p->y + b0 * n, n);
-  });
+  Spans spans(products, n_threads);
+  ThreadPool::instance().run(spans.count(), n_threads, [&](int64_t i) { spans.run(t, av, b0, static_cast<int>(i)); });
 }
 
 }  // namespace

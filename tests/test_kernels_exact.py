@@ -84,6 +84,23 @@ def test_simd_equals_scalar_and_float64(fmt: str, batch: int, n: int, k: int, gr
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("n_threads", [3, 8, 16])
+@pytest.mark.parametrize("batch,n", [(1, 33), (1, 2500), (4, 1000)])
+def test_rows_split_over_threads_exactly(fmt: str, n_threads: int, batch: int, n: int) -> None:
+    """Each thread streams a span of rows and takes halves of others' when it runs out: with more
+    threads than cores, some spans are only ever taken, and with more threads than 32-row tiles
+    there are fewer spans than threads. Every row must still be computed once, as the scalar kernel computes it."""
+    rng = np.random.default_rng(n_threads * 7919 + n)
+    k = 512
+    packed = pack(fmt, random_weights(rng, fmt, n, k), rng.uniform(0.5, 1.5, size=(n, k // 128)).astype(np.float32),
+                  group_size=128)
+    a = kernels.quantize_activations(rng.standard_normal((batch, k)).astype(np.float32), isa="scalar")
+    y_scalar = kernels.matmul(packed, a, isa="scalar")
+    for isa in SIMD:
+        assert_bits_equal(kernels.matmul(packed, a, isa=isa, n_threads=n_threads), y_scalar, f"{isa}, {n_threads} threads")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("k", [6912, 16384])
 @pytest.mark.parametrize("value", [127, -128])
 def test_no_int16_overflow_at_extremes(fmt: str, k: int, value: int) -> None:
