@@ -4,9 +4,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
-#include <memory>
 
 #include "threadpool.h"
+#include "weight_memory.h"
 
 namespace tritlm {
 namespace {
@@ -27,7 +27,9 @@ uint64_t xor_words(const uint64_t* p, int64_t n) {
 
 double measure_read_bandwidth(int64_t nbytes, int n_threads, int repeats) {
   const int64_t words = std::max<int64_t>(nbytes / 8, 1);
-  std::unique_ptr<uint64_t[]> buf(new uint64_t[words]);
+  // The memory the weights live in (weight_memory.h): the yardstick must not read faster or
+  // slower for being allocated differently.
+  WeightVector<uint64_t> buf(static_cast<size_t>(words));
   for (int64_t i = 0; i < words; ++i) buf[i] = static_cast<uint64_t>(i) * 0x9e3779b97f4a7c15ull;
   const int64_t tasks = std::max(1, n_threads) * 16;
   const int64_t per_task = (words + tasks - 1) / tasks;
@@ -37,7 +39,7 @@ double measure_read_bandwidth(int64_t nbytes, int n_threads, int repeats) {
     const auto t0 = std::chrono::steady_clock::now();
     ThreadPool::instance().run(tasks, n_threads, [&](int64_t t) {
       const int64_t lo = std::min(words, t * per_task), hi = std::min(words, (t + 1) * per_task);
-      sink.fetch_xor(xor_words(buf.get() + lo, hi - lo), std::memory_order_relaxed);
+      sink.fetch_xor(xor_words(buf.data() + lo, hi - lo), std::memory_order_relaxed);
     });
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     best = std::max(best, static_cast<double>(words * 8) / s);

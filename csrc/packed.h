@@ -6,14 +6,15 @@
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "weight_memory.h"
 
 namespace tritlm {
 
 struct PackedWeights {
   kernels::Format format = kernels::Format::kTernary;
   int64_t n = 0, k = 0, group_blocks = 0;
-  std::vector<uint8_t> codes;  // code_bytes(format, n, k), unless the codes are borrowed
-  std::vector<float> scales;   // padded_rows(format, n) * groups(), laid out by scale_index
+  WeightVector<uint8_t> codes;  // code_bytes(format, n, k), unless the codes are borrowed
+  WeightVector<float> scales;   // padded_rows(format, n) * groups(), laid out by scale_index
   // Codes already in the run-time layout in memory someone else owns (a memory-mapped I2_S
   // tensor), viewed rather than copied; `owner` keeps that memory alive.
   const uint8_t* borrowed = nullptr;
