@@ -399,6 +399,19 @@ void build_lut(const int8_t* q, int64_t k, uint8_t* lut) {
 // runs decode at 1.9-2.1 cycles a row block L2-hot instead of 2.4-2.8.
 #define TRITLM_UNROLL_CHUNKS _Pragma("GCC unroll 2")
 
+// How far ahead of the lookups the codes are prefetched into L2. The hardware prefetcher keeps
+// few misses in flight on this stream, so the software prefetches are what keeps memory busy:
+// one line a line of codes, 4 KiB ahead (the 196 linears of Bonsai-1.7B, 2 threads: 12.6 ->
+// 10.0 ms against none; prefetching every other line is as slow as none; 1-2 KiB ahead is worse,
+// 6-16 KiB no better). Issued as the lookups go, one per line, not eight at a block's start:
+// 72-78% -> 76-81% of the probe on two threads, 56-60% -> 61-66% on one. Past the matrix's end
+// they are harmless: prefetches never fault.
+constexpr int64_t kPrefetchAhead = 4096;
+
+TRITLM_INLINE void prefetch_codes(const uint8_t* codes, int j) {
+  if (j % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(codes + 32 * j + kPrefetchAhead), _MM_HINT_T1);
+}
+
 // The int16 sums of one block (32 quads) for the 32 rows of a tile and BT activation rows:
 // lo[t] rows 0-7 | 16-23, hi[t] rows 8-15 | 24-31. codes: the block's 512 bytes; luts[t]: the
 // block's 32 tables of activation row t.
@@ -409,6 +422,7 @@ TRITLM_INLINE void binary_block(const uint8_t* codes, const uint8_t* const (&lut
   __m256i even[BT], odd[BT];
   TRITLM_UNROLL for (int t = 0; t < BT; ++t) even[t] = odd[t] = _mm256_setzero_si256();
   TRITLM_UNROLL_CHUNKS for (int j = 0; j < kQuadsPerBlock / 2; ++j) {  // 8 weights: quads 2j (low nibbles), 2j + 1
+    prefetch_codes(codes, j);
     const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 32 * j));
     const __m256i c4 = _mm256_srli_epi16(c, 4), c8 = _mm256_srli_epi16(c, 8), c12 = _mm256_srli_epi16(c, 12);
     TRITLM_UNROLL for (int t = 0; t < BT; ++t) {
@@ -429,6 +443,7 @@ TRITLM_INLINE void binary_block(const uint8_t* codes, const uint8_t* const (&lut
   const __m256i mask = _mm256_set1_epi8(0x0f);
   TRITLM_UNROLL for (int t = 0; t < BT; ++t) lo[t] = hi[t] = _mm256_setzero_si256();
   TRITLM_UNROLL_CHUNKS for (int j = 0; j < kQuadsPerBlock / 2; ++j) {
+    prefetch_codes(codes, j);
     const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 32 * j));
     const __m256i n0 = _mm256_and_si256(c, mask), n1 = _mm256_and_si256(_mm256_srli_epi16(c, 4), mask);
     TRITLM_UNROLL for (int t = 0; t < BT; ++t) {
@@ -448,7 +463,6 @@ TRITLM_INLINE void binary_block(const uint8_t* codes, const uint8_t* const (&lut
 // One tile of 32 weight rows against BT activation rows from b0: per scale group, the blocks'
 // sums are widened into int32 (rows 0-7, 8-15, 16-23, 24-31), corrected, converted and scaled,
 // then added to each row's running sum in group order, as scalar.cpp does row by row.
-constexpr int64_t kPrefetchAhead = 4096;
 
 template <int BT>
 TRITLM_INLINE void binary_tile(const WeightView& w, const ActView& a, int64_t tile, int64_t b0, int64_t r1, float* y,
@@ -475,11 +489,6 @@ TRITLM_INLINE void binary_tile(const WeightView& w, const ActView& a, int64_t ti
       }
       __m256i lo[BT], hi[BT];
       const uint8_t* bc = codes + blk * kTileRows * (kBlock / 8);
-      // The codes 4 KiB ahead into L2: more misses in flight than the hardware prefetcher keeps
-      // (measured on the 196 linears of Bonsai-1.7B, 2 threads: 12.6 -> 10.0 ms; 1-2 KiB ahead or
-      // into L1 gains less). Past the matrix's end it is harmless: prefetches never fault.
-      for (int l = 0; l < kBlock * kTileRows / 8; l += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(bc + kPrefetchAhead + l), _MM_HINT_T1);
       binary_block<BT>(bc, luts, lo, hi);
       TRITLM_UNROLL for (int t = 0; t < BT; ++t) {
         isum[t][0] = _mm256_add_epi32(isum[t][0], _mm256_cvtepi16_epi32(_mm256_castsi256_si128(lo[t])));
@@ -518,7 +527,7 @@ void matmul_binary(const WeightView& w, const ActView& a, int64_t r0, int64_t r1
 #else
   constexpr int kWide = 4;
 #endif
-  // The first tiles' codes, which the prefetches 4 KiB ahead in binary_tile never cover.
+  // The first tiles' codes, which the prefetches 4 KiB ahead in binary_block never cover.
   const char* start = reinterpret_cast<const char*>(w.codes + r0 * (w.k / 8));
   for (int64_t l = 0; l < kPrefetchAhead; l += 64) _mm_prefetch(start + l, _MM_HINT_T1);
   for (int64_t tile = r0 / kTileRows; tile * kTileRows < r1; ++tile) {
