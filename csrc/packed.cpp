@@ -5,8 +5,13 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "threadpool.h"
+
+#if defined(_MSC_VER) && defined(_M_X64)
+#include <xmmintrin.h>
+#endif
 
 namespace tritlm {
 
@@ -46,6 +51,45 @@ namespace {
 // Upper bound on one matmul's lookup tables: activation rows go in slabs whose tables fit.
 constexpr int64_t kMaxLutBytes = int64_t{32} << 20;
 
+// Prefetches the cache line at p into L2 (a hint: never faults).
+inline void prefetch_l2(const void* p) {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(p, 0, 2);
+#elif defined(_M_X64)
+  _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1);
+#endif
+}
+
+// The rows of several matrices, in units of one binary tile (kTileRows rows), concatenated and
+// cut into one span a thread (no more spans than units): span i is units [U i / n, U (i+1) / n).
+struct Partition {
+  std::vector<const PackedWeights*> ws;
+  std::vector<int64_t> end_unit;  // end_unit[i]: one past matrix i's last unit
+  int64_t units = 0;
+  int n = 1;
+
+  Partition(std::vector<const PackedWeights*> weights, int n_threads) : ws(std::move(weights)) {
+    for (const PackedWeights* w : ws) end_unit.push_back(units += (w->n + kernels::kTileRows - 1) / kernels::kTileRows);
+    n = static_cast<int>(std::clamp<int64_t>(units, 1, n_threads));
+  }
+  int64_t begin(int i) const { return units * i / n; }
+  int64_t end(int i) const { return units * (i + 1) / n; }
+
+  // The first kPrefetchBytes of span i's codes into this core's L2: about what a core draws
+  // from memory while the caller works alone between two decode matmuls.
+  void prefetch_start(int i) const {
+    constexpr int64_t kPrefetchBytes = int64_t{128} << 10;
+    if (i >= n || begin(i) >= end(i)) return;
+    size_t m = 0;
+    while (begin(i) >= end_unit[m]) ++m;
+    const PackedWeights& w = *ws[m];
+    const int64_t row = (begin(i) - (m == 0 ? 0 : end_unit[m - 1])) * kernels::kTileRows;
+    const int64_t from = kernels::code_bytes(w.format, row, w.k);
+    const uint8_t* codes = w.code_data();
+    for (int64_t off = from; off < std::min(w.code_bytes(), from + kPrefetchBytes); off += 64) prefetch_l2(codes + off);
+  }
+};
+
 // The rows of several products, in units of one binary tile (kTileRows rows), split into one
 // contiguous span a thread. Decode streams each weight byte once, and a long sequential read a
 // thread keeps the memory system busiest (two chunks a thread measured 82-86% of read bandwidth
@@ -55,24 +99,25 @@ constexpr int64_t kMaxLutBytes = int64_t{32} << 20;
 // where it can be taken from in turn: the tail shrinks by halves, and reads stay sequential.
 class Spans {
  public:
-  // One span a thread, but no more spans than units.
-  Spans(const std::vector<Product>& products, int n_threads) : products_(products) {
-    for (const Product& p : products) end_unit_.push_back(units_ += (p.w->n + kernels::kTileRows - 1) / kernels::kTileRows);
-    n_ = static_cast<int>(std::clamp<int64_t>(units_, 1, n_threads));
-    spans_.reset(new Span[n_]);
-    for (int i = 0; i < n_; ++i) spans_[i].range.store(pack(units_ * i / n_, units_ * (i + 1) / n_));
+  Spans(const std::vector<Product>& products, int n_threads, const std::vector<const PackedWeights*>& next)
+      : products_(products), parts_(weights_of(products), n_threads), next_(next, n_threads) {
+    spans_.reset(new Span[parts_.n]);
+    for (int i = 0; i < parts_.n; ++i) spans_[i].range.store(pack(parts_.begin(i), parts_.end(i)));
   }
 
-  int count() const { return n_; }
+  int count() const { return parts_.n; }
 
-  // Computes span `own` and then whatever it can take from the others.
+  // Computes span `own` and then whatever it can take from the others. A worker then starts
+  // the next job's span `own` on its way into its L2 (the caller goes on to the work between
+  // the two jobs, alone: norms, attention, quantization), and usually takes that span then.
   void run(const kernels::KernelTable& t, const kernels::ActView& av, int64_t b0, int own) {
     Span& mine = spans_[own];
     for (;;) {
       int64_t u0, u1;
       while (take_front(mine, u0, u1)) compute(t, av, b0, u0, u1);
-      if (!steal(mine)) return;
+      if (!steal(mine)) break;
     }
+    if (ThreadPool::on_worker()) next_.prefetch_start(own);
   }
 
  private:
@@ -102,7 +147,7 @@ class Spans {
     for (;;) {
       int victim = -1;
       int64_t most = 0;
-      for (int i = 0; i < n_; ++i) {
+      for (int i = 0; i < parts_.n; ++i) {
         const uint64_t r = spans_[i].range.load(std::memory_order_relaxed);
         if (&spans_[i] != &mine && back(r) - front(r) > most) {
           most = back(r) - front(r);
@@ -124,27 +169,31 @@ class Spans {
   // Units [u0, u1) of the concatenated products, split where one product ends.
   void compute(const kernels::KernelTable& t, const kernels::ActView& av, int64_t b0, int64_t u0, int64_t u1) const {
     int64_t start = 0;
-    for (size_t i = 0; i < products_.size() && u0 < u1; start = end_unit_[i++]) {
-      if (u0 >= end_unit_[i]) continue;
+    for (size_t i = 0; i < products_.size() && u0 < u1; start = parts_.end_unit[i++]) {
+      if (u0 >= parts_.end_unit[i]) continue;
       const Product& p = products_[i];
-      const int64_t end = std::min(u1, end_unit_[i]), n = p.w->n;
+      const int64_t end = std::min(u1, parts_.end_unit[i]), n = p.w->n;
       const int64_t r0 = (u0 - start) * kernels::kTileRows, r1 = std::min(n, (end - start) * kernels::kTileRows);
       t.matmul[static_cast<int>(p.w->format)](p.w->view(), av, r0, r1, p.y + b0 * n, n);
       u0 = end;
     }
   }
 
+  static std::vector<const PackedWeights*> weights_of(const std::vector<Product>& products) {
+    std::vector<const PackedWeights*> ws;
+    for (const Product& p : products) ws.push_back(p.w);
+    return ws;
+  }
+
   const std::vector<Product>& products_;
-  std::vector<int64_t> end_unit_;  // end_unit_[i]: one past product i's last unit
-  int64_t units_ = 0;
+  Partition parts_, next_;
   std::unique_ptr<Span[]> spans_;
-  int n_ = 1;
 };
 
 // Runs the products' rows in one parallel job.
 void matmul_rows(const kernels::KernelTable& t, const std::vector<Product>& products, const kernels::ActView& av,
-                 int64_t b0, int n_threads) {
-  Spans spans(products, n_threads);
+                 int64_t b0, int n_threads, const std::vector<const PackedWeights*>& next) {
+  Spans spans(products, n_threads, next);
   ThreadPool::instance().run(spans.count(), n_threads, [&](int64_t i) { spans.run(t, av, b0, static_cast<int>(i)); });
 }
 
@@ -152,15 +201,15 @@ void matmul_rows(const kernels::KernelTable& t, const std::vector<Product>& prod
 
 void matmul(const kernels::KernelTable& t, const PackedWeights& w, const QuantizedActivations& a, float* y,
             int n_threads) {
-  matmul(t, std::vector<Product>{{&w, y}}, a, n_threads);
+  matmul(t, std::vector<Product>{{&w, y}}, a, n_threads, {});
 }
 
 void matmul(const kernels::KernelTable& t, const std::vector<Product>& products, const QuantizedActivations& a,
-            int n_threads) {
+            int n_threads, const std::vector<const PackedWeights*>& next) {
   const bool any_binary = std::any_of(products.begin(), products.end(),
                                       [](const Product& p) { return p.w->format == kernels::Format::kBinary; });
   if (!any_binary || !t.build_lut) {
-    matmul_rows(t, products, a.view(), 0, n_threads);
+    matmul_rows(t, products, a.view(), 0, n_threads, next);
     return;
   }
   // The binary kernels look products up in per-row tables: built once here for every weight
@@ -175,7 +224,7 @@ void matmul(const kernels::KernelTable& t, const std::vector<Product>& products,
     });
     const kernels::ActView av{a.q.data() + b0 * a.k, a.s.data() + b0, a.block_sums.data() + b0 * nblocks, rows, a.k,
                               lut.get()};
-    matmul_rows(t, products, av, b0, n_threads);
+    matmul_rows(t, products, av, b0, n_threads, b0 + rows == a.rows ? next : std::vector<const PackedWeights*>{});
   }
 }
 

@@ -116,7 +116,14 @@ void ThreadPool::run(int64_t n_tasks, int n_threads, const std::function<void(in
   }
 }
 
+namespace {
+thread_local bool t_on_worker = false;
+}  // namespace
+
+bool ThreadPool::on_worker() { return t_on_worker; }
+
 void ThreadPool::worker_loop(int index, uint64_t seen) {
+  t_on_worker = true;
   using clock = std::chrono::steady_clock;
   // After a job, spin this long for the next before sleeping: decode issues a new matmul every
   // few tens of microseconds, and a futex wake-up costs about as much as a small matmul.

@@ -27,6 +27,9 @@ class ThreadPool {
   // share to the caller. Calls from several threads at once run one after another.
   void run(int64_t n_tasks, int n_threads, const std::function<void(int64_t)>& task);
 
+  // Whether the calling thread is one of the pool's workers (not a caller of run).
+  static bool on_worker();
+
  private:
   ThreadPool() = default;
   void grow(int n_workers);

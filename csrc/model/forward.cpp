@@ -193,9 +193,10 @@ void dense_linear(const Linear& l, const std::vector<float>& x, int n, std::vect
 }
 
 // y_i = W_i x for linear layers that read the same x: the packed ones share one quantization of
-// x and one parallel run (packed.h), float ones go one at a time.
+// x and one parallel run (packed.h), float ones go one at a time. `next`: the packed weights the
+// forward pass multiplies after these, for idle workers to start fetching.
 void linears(std::initializer_list<std::pair<const Linear*, std::vector<float>*>> outs, const std::vector<float>& x,
-             int n, int n_threads) {
+             int n, int n_threads, std::vector<const PackedWeights*> next) {
   std::vector<Product> products;
   for (const auto& [l, y] : outs) {
     y->resize(static_cast<size_t>(n) * l->out);
@@ -207,7 +208,7 @@ void linears(std::initializer_list<std::pair<const Linear*, std::vector<float>*>
   }
   if (products.empty()) return;
   const kernels::KernelTable& t = kernels::active_table();
-  matmul(t, products, quantize(t, x.data(), n, outs.begin()->first->in, n_threads), n_threads);
+  matmul(t, products, quantize(t, x.data(), n, outs.begin()->first->in, n_threads), n_threads, next);
 }
 
 // Causal attention of each token over its own sequence's cache (positions 0..pos), one task per
@@ -264,13 +265,21 @@ void forward(const Model& m, const int32_t* tokens, const std::vector<Row>& rows
   for (int t = 0; t < n; ++t)
     for (int i = 0; i < c.dim; ++i) x[static_cast<size_t>(t) * c.dim + i] = m.token_embd.at(tokens[t], i);
 
+  // The packed weights among some linears (a float one has none): what a next matmul reads.
+  auto packed = [](std::initializer_list<const Linear*> ls) {
+    std::vector<const PackedWeights*> ws;
+    for (const Linear* l : ls)
+      if (l->packed) ws.push_back(l->packed);
+    return ws;
+  };
   std::vector<float> a, q, k, v, attn, normed, proj, gate, up;
   for (int l = 0; l < c.n_layers; ++l) {
     const Layer& L = m.layers[l];
+    const Layer* next_layer = l + 1 < c.n_layers ? &m.layers[l + 1] : nullptr;
     // Attention block.
     a.resize(x.size());
     rmsnorm(a.data(), x.data(), L.attn_norm, n, c.dim, c.norm_eps);
-    linears({{&L.attn_q, &q}, {&L.attn_k, &k}, {&L.attn_v, &v}}, a, n, n_threads);
+    linears({{&L.attn_q, &q}, {&L.attn_k, &k}, {&L.attn_v, &v}}, a, n, n_threads, packed({&L.attn_output}));
     if (c.qk_norm) {
       head_rmsnorm(q, L.attn_q_norm, c.head_dim, c.norm_eps);
       head_rmsnorm(k, L.attn_k_norm, c.head_dim, c.norm_eps);
@@ -284,12 +293,12 @@ void forward(const Model& m, const int32_t* tokens, const std::vector<Row>& rows
       rmsnorm(normed.data(), attn.data(), L.attn_sub_norm, n, c.n_heads * c.head_dim, c.norm_eps);
       attn.swap(normed);
     }
-    linears({{&L.attn_output, &proj}}, attn, n, n_threads);
+    linears({{&L.attn_output, &proj}}, attn, n, n_threads, packed({&L.ffn_gate, &L.ffn_up}));
     for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
 
     // Feed-forward block.
     rmsnorm(a.data(), x.data(), L.ffn_norm, n, c.dim, c.norm_eps);
-    linears({{&L.ffn_gate, &gate}, {&L.ffn_up, &up}}, a, n, n_threads);
+    linears({{&L.ffn_gate, &gate}, {&L.ffn_up, &up}}, a, n, n_threads, packed({&L.ffn_down}));
     if (c.activation == Activation::kRelu2) {  // one loop each: a branch inside would keep them scalar
       for (size_t i = 0; i < gate.size(); ++i) gate[i] = relu2(gate[i]) * up[i];
     } else {
@@ -300,7 +309,13 @@ void forward(const Model& m, const int32_t* tokens, const std::vector<Row>& rows
       rmsnorm(normed.data(), gate.data(), L.ffn_sub_norm, n, c.ffn_dim, c.norm_eps);
       gate.swap(normed);
     }
-    linears({{&L.ffn_down, &proj}}, gate, n, n_threads);
+    std::vector<const PackedWeights*> after_down;  // the next layer's q, k, v, or a 1-bit head
+    if (next_layer) {
+      after_down = packed({&next_layer->attn_q, &next_layer->attn_k, &next_layer->attn_v});
+    } else if (m.output_packed) {
+      after_down = {m.output_packed};
+    }
+    linears({{&L.ffn_down, &proj}}, gate, n, n_threads, after_down);
     for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
   }
   std::vector<float> out(x.size());
