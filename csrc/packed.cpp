@@ -9,9 +9,6 @@
 
 #include "threadpool.h"
 
-#if defined(_MSC_VER) && defined(_M_X64)
-#include <xmmintrin.h>
-#endif
 
 namespace tritlm {
 
@@ -51,15 +48,6 @@ namespace {
 // Upper bound on one matmul's lookup tables: activation rows go in slabs whose tables fit.
 constexpr int64_t kMaxLutBytes = int64_t{32} << 20;
 
-// Prefetches the cache line at p into L2 (a hint: never faults).
-inline void prefetch_l2(const void* p) {
-#if defined(__GNUC__) || defined(__clang__)
-  __builtin_prefetch(p, 0, 2);
-#elif defined(_M_X64)
-  _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1);
-#endif
-}
-
 // The rows of several matrices, in units of one binary tile (kTileRows rows), concatenated and
 // cut into one span a thread (no more spans than units): span i is units [U i / n, U (i+1) / n).
 struct Partition {
@@ -75,8 +63,9 @@ struct Partition {
   int64_t begin(int i) const { return units * i / n; }
   int64_t end(int i) const { return units * (i + 1) / n; }
 
-  // The first kPrefetchBytes of span i's codes into this core's L2: about what a core draws
-  // from memory while the caller works alone between two decode matmuls.
+  // Asks the pool to fetch the first kPrefetchBytes of span i's codes into this worker's L2
+  // once its part of the job is done: about what a core draws from memory while the caller
+  // works alone between two decode matmuls (64-512 KiB measured alike).
   void prefetch_start(int i) const {
     constexpr int64_t kPrefetchBytes = int64_t{128} << 10;
     if (i >= n || begin(i) >= end(i)) return;
@@ -85,8 +74,7 @@ struct Partition {
     const PackedWeights& w = *ws[m];
     const int64_t row = (begin(i) - (m == 0 ? 0 : end_unit[m - 1])) * kernels::kTileRows;
     const int64_t from = kernels::code_bytes(w.format, row, w.k);
-    const uint8_t* codes = w.code_data();
-    for (int64_t off = from; off < std::min(w.code_bytes(), from + kPrefetchBytes); off += 64) prefetch_l2(codes + off);
+    ThreadPool::prefetch_after_job(w.code_data() + from, std::min(w.code_bytes() - from, kPrefetchBytes));
   }
 };
 
@@ -107,9 +95,9 @@ class Spans {
 
   int count() const { return parts_.n; }
 
-  // Computes span `own` and then whatever it can take from the others. A worker then starts
-  // the next job's span `own` on its way into its L2 (the caller goes on to the work between
-  // the two jobs, alone: norms, attention, quantization), and usually takes that span then.
+  // Computes span `own` and then whatever it can take from the others. A worker then fetches
+  // the start of the next job's span `own` while the caller works alone between the two jobs
+  // (norms, attention, quantization), and usually takes that span then.
   void run(const kernels::KernelTable& t, const kernels::ActView& av, int64_t b0, int own) {
     Span& mine = spans_[own];
     for (;;) {
@@ -117,7 +105,7 @@ class Spans {
       while (take_front(mine, u0, u1)) compute(t, av, b0, u0, u1);
       if (!steal(mine)) break;
     }
-    if (ThreadPool::on_worker()) next_.prefetch_start(own);
+    next_.prefetch_start(own);
   }
 
  private:

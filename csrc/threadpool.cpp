@@ -117,13 +117,33 @@ void ThreadPool::run(int64_t n_tasks, int n_threads, const std::function<void(in
 }
 
 namespace {
-thread_local bool t_on_worker = false;
+
+// On a worker thread: what to prefetch after the current job (prefetch_after_job).
+struct Deferred {
+  bool on_worker = false;
+  const char* p = nullptr;
+  int64_t bytes = 0;
+};
+thread_local Deferred t_deferred;
+
+void prefetch_l2(const char* p) {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(p, 0, 2);
+#elif defined(_M_X64)
+  _mm_prefetch(p, _MM_HINT_T1);
+#endif
+}
+
 }  // namespace
 
-bool ThreadPool::on_worker() { return t_on_worker; }
+void ThreadPool::prefetch_after_job(const void* p, int64_t bytes) {
+  if (!t_deferred.on_worker) return;
+  t_deferred.p = static_cast<const char*>(p);
+  t_deferred.bytes = bytes;
+}
 
 void ThreadPool::worker_loop(int index, uint64_t seen) {
-  t_on_worker = true;
+  t_deferred.on_worker = true;
   using clock = std::chrono::steady_clock;
   // After a job, spin this long for the next before sleeping: decode issues a new matmul every
   // few tens of microseconds, and a futex wake-up costs about as much as a small matmul.
@@ -148,6 +168,12 @@ void ThreadPool::worker_loop(int index, uint64_t seen) {
       invited = index < active_workers_;
     }
     if (invited) work_on(gen);
+    // The prefetch a task asked for, a line at a time; a new job takes precedence.
+    for (int64_t off = 0; off < t_deferred.bytes; off += 64) {
+      if (off % 4096 == 0 && generation_.load(std::memory_order_relaxed) != gen) break;
+      prefetch_l2(t_deferred.p + off);
+    }
+    t_deferred.bytes = 0;
     idle_since = clock::now();
   }
 }

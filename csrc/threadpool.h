@@ -27,8 +27,10 @@ class ThreadPool {
   // share to the caller. Calls from several threads at once run one after another.
   void run(int64_t n_tasks, int n_threads, const std::function<void(int64_t)>& task);
 
-  // Whether the calling thread is one of the pool's workers (not a caller of run).
-  static bool on_worker();
+  // From a task: when the calling thread is a worker, it prefetches [p, p + bytes) into its L2
+  // after its part of the current job, while the job's caller goes on (stopping early if the
+  // next job starts). The memory must outlive the job; on the caller's thread this does nothing.
+  static void prefetch_after_job(const void* p, int64_t bytes);
 
  private:
   ThreadPool() = default;
