@@ -29,7 +29,8 @@ class ThreadPool {
 
   // From a task: when the calling thread is a worker, it prefetches [p, p + bytes) into its L2
   // after its part of the current job, while the job's caller goes on (stopping early if the
-  // next job starts). The memory must outlive the job; on the caller's thread this does nothing.
+  // next job starts). A prefetch never faults, so memory freed meanwhile does no harm. On the
+  // caller's thread this does nothing.
   static void prefetch_after_job(const void* p, int64_t bytes);
 
  private:
