@@ -216,9 +216,10 @@ TRITLM_INLINE void row_tile(const WeightView& w, const ActView& a, int64_t r, in
   TRITLM_UNROLL for (int t = 0; t < BT; ++t) y[(b0 + t) * ldy + r] = acc[t] / a.s[b0 + t];
 }
 
-// Decode (one activation row) with short groups of GB blocks (TQ2_0: two): the groups go eight at a time, each in its own accumulator; one transposing reduction
-// gives their eight dot products in one vector, whose offsets, conversions and scales are vector
-// operations. Only scalar.cpp's running sum stays scalar, group by group in order.
+// Decode (one activation row) with short groups of GB blocks (TQ2_0: two): the groups go eight
+// at a time, each in its own accumulator; one transposing reduction gives their eight dot
+// products in one vector, whose offsets, conversions and scales are vector operations. Only
+// scalar.cpp's running sum stays scalar, group by group in order.
 template <class Block, int GB>
 TRITLM_INLINE void row_decode(const WeightView& w, const ActView& a, int64_t r, int64_t b, float* y, int64_t ldy) {
   static_assert(GB <= Dot<1>::kFlushBlocks);
@@ -463,7 +464,6 @@ TRITLM_INLINE void binary_block(const uint8_t* codes, const uint8_t* const (&lut
 // One tile of 32 weight rows against BT activation rows from b0: per scale group, the blocks'
 // sums are widened into int32 (rows 0-7, 8-15, 16-23, 24-31), corrected, converted and scaled,
 // then added to each row's running sum in group order, as scalar.cpp does row by row.
-
 template <int BT>
 TRITLM_INLINE void binary_tile(const WeightView& w, const ActView& a, int64_t tile, int64_t b0, int64_t r1, float* y,
                                int64_t ldy) {
