@@ -118,7 +118,7 @@ def test_f32_head_matches_float64(restore_isa: None) -> None:
 
 
 def test_f16_kv_cache_attention_is_the_same_on_every_isa(restore_isa: None) -> None:
-    """Attention over an f16 KV cache goes through matvec_f16 and axpy_f16: every SIMD table
+    """Attention over an f16 KV cache goes through matvec_f16 and axpy_rows_f16: every SIMD table
     gives the scalar specification's logits bit for bit."""
     packed, _ = random_model(CONFIG, seed=21)
     tokens = np.random.default_rng(22).integers(0, CONFIG["vocab_size"], 70).astype(np.int32)

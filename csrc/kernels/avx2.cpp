@@ -618,12 +618,26 @@ void matvec_f16(const uint16_t* w, int64_t cols, const float* x, int64_t n_x, in
 }
 #endif  // TRITLM_X86_VNNI
 
-void axpy_f16(const uint16_t* x, float a, float* y, int64_t n) {
-  const __m256 va = _mm256_set1_ps(a);
-  for (int64_t i = 0; i < n; i += 8) {
-    const __m256 v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i)));
-    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, v, _mm256_loadu_ps(y + i)));
+// V vectors of y (8 V floats from y) stay in registers over all m rows: V independent FMA
+// chains, eight to keep both FMA pipes busy.
+template <int V>
+TRITLM_INLINE void axpy_rows_chunk(const uint16_t* x, int64_t ldx, const float* a, int64_t m, float* y) {
+  __m256 acc[V];
+  TRITLM_UNROLL for (int v = 0; v < V; ++v) acc[v] = _mm256_loadu_ps(y + 8 * v);
+  for (int64_t p = 0; p < m; ++p) {
+    const __m256 ap = _mm256_set1_ps(a[p]);
+    TRITLM_UNROLL for (int v = 0; v < V; ++v) {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x + p * ldx + 8 * v));
+      acc[v] = _mm256_fmadd_ps(ap, _mm256_cvtph_ps(h), acc[v]);
+    }
   }
+  TRITLM_UNROLL for (int v = 0; v < V; ++v) _mm256_storeu_ps(y + 8 * v, acc[v]);
+}
+
+void axpy_rows_f16(const uint16_t* x, int64_t ldx, const float* a, int64_t m, float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) axpy_rows_chunk<8>(x + i, ldx, a, m, y + i);
+  for (; i < n; i += 16) axpy_rows_chunk<2>(x + i, ldx, a, m, y + i);
 }
 
 // 8-bit head. The sign trick makes one operand unsigned without changing the product:
@@ -676,7 +690,7 @@ const KernelTable kTable = {
     quantize_row,
     {matmul<TernaryBlock>, matmul_binary},
     matvec_f16,
-    axpy_f16,
+    axpy_rows_f16,
     matvec_q8,
     lut_bytes,
     build_lut,

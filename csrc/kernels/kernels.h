@@ -120,9 +120,10 @@ using BuildLutFn = void (*)(const int8_t* q, int64_t k, uint8_t* lut);
 using MatvecF16Fn = void (*)(const uint16_t* w, int64_t cols, const float* x, int64_t n_x, int64_t r0, int64_t r1,
                              float* y, int64_t ldy);
 
-// y[i] = fma(a, f32(x[i]), y[i]) for i < n (fused, element by element; n a multiple of 16):
-// attention's weighted sum of an f16 value cache.
-using AxpyF16Fn = void (*)(const uint16_t* x, float a, float* y, int64_t n);
+// y[i] = fma(a[p], f32(x[p * ldx + i]), y[i]) for p = 0, 1, .., m - 1 in turn and i < n (fused,
+// element by element; n a multiple of 16): attention's weighted sum of m rows of an f16 value
+// cache. One call for all the rows keeps y in registers.
+using AxpyRowsF16Fn = void (*)(const uint16_t* x, int64_t ldx, const float* a, int64_t m, float* y, int64_t n);
 
 // The 8-bit output head: y[t * ldy + r] = float(isum) * w_scale[r] / s[t], isum the exact int32
 // dot product of int8 weight row r and int8 activation row t (rows of `cols`, a multiple of 32),
@@ -136,7 +137,7 @@ struct KernelTable {
   QuantizeRowFn quantize_row;
   MatmulFn matmul[kFormatCount];  // indexed by Format
   MatvecF16Fn matvec_f16;
-  AxpyF16Fn axpy_f16;
+  AxpyRowsF16Fn axpy_rows_f16;
   MatvecQ8Fn matvec_q8;
   LutBytesFn lut_bytes;  // null if the binary matmul reads no lookup tables
   BuildLutFn build_lut;

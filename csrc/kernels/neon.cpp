@@ -511,12 +511,25 @@ void matvec_f16(const uint16_t* w, int64_t cols, const float* x, int64_t n_x, in
   if (r < r1) f16_rows<1>(w, cols, x, n_x, r, y, ldy);
 }
 
-void axpy_f16(const uint16_t* x, float a, float* y, int64_t n) {
-  const float32x4_t va = vdupq_n_f32(a);
-  for (int64_t i = 0; i < n; i += 4) {
-    const float32x4_t v = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(x + i)));
-    vst1q_f32(y + i, vfmaq_f32(vld1q_f32(y + i), va, v));
+// V vectors of y (4 V floats from y) stay in registers over all m rows: V independent FMA chains.
+template <int V>
+inline void axpy_rows_chunk(const uint16_t* x, int64_t ldx, const float* a, int64_t m, float* y) {
+  float32x4_t acc[V];
+  for (int v = 0; v < V; ++v) acc[v] = vld1q_f32(y + 4 * v);
+  for (int64_t p = 0; p < m; ++p) {
+    const float32x4_t ap = vdupq_n_f32(a[p]);
+    for (int v = 0; v < V; ++v) {
+      const float32x4_t h = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(x + p * ldx + 4 * v)));
+      acc[v] = vfmaq_f32(acc[v], ap, h);
+    }
   }
+  for (int v = 0; v < V; ++v) vst1q_f32(y + 4 * v, acc[v]);
+}
+
+void axpy_rows_f16(const uint16_t* x, int64_t ldx, const float* a, int64_t m, float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) axpy_rows_chunk<8>(x + i, ldx, a, m, y + i);
+  for (; i < n; i += 16) axpy_rows_chunk<4>(x + i, ldx, a, m, y + i);
 }
 
 // 8-bit head: the exact int32 dot product of two int8 rows (sdot where the CPU has it, else
@@ -550,7 +563,7 @@ constexpr KernelTable kNeonTable = {
     quantize_row,
     {matmul_ternary, matmul_binary},
     matvec_f16,
-    axpy_f16,
+    axpy_rows_f16,
     matvec_q8,
     lut_bytes,
     build_lut,

@@ -70,8 +70,9 @@ void matvec_f16(const uint16_t* w, int64_t cols, const float* x, int64_t n_x, in
   }
 }
 
-void axpy_f16(const uint16_t* x, float a, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = std::fma(a, fp16_to_f32(x[i]), y[i]);
+void axpy_rows_f16(const uint16_t* x, int64_t ldx, const float* a, int64_t m, float* y, int64_t n) {
+  for (int64_t p = 0; p < m; ++p)
+    for (int64_t i = 0; i < n; ++i) y[i] = std::fma(a[p], fp16_to_f32(x[p * ldx + i]), y[i]);
 }
 
 void matvec_q8(const int8_t* w, const float* w_scale, int64_t cols, const int8_t* q, const float* s, int64_t n_x,
@@ -92,7 +93,7 @@ const KernelTable kScalarTable = {
     quantize_row,
     {matmul<Format::kTernary>, matmul<Format::kBinary>},
     matvec_f16,
-    axpy_f16,
+    axpy_rows_f16,
     matvec_q8,
     nullptr,
     nullptr,

@@ -520,27 +520,30 @@ void run_f16_case(const F16Case& c, const std::vector<const k::KernelTable*>& ta
   }
 }
 
-// axpy_f16 (attention's weighted sum of f16 values): element-wise fused, so every table must
-// equal scalar exactly, NaNs included.
+// axpy_rows_f16 (attention's weighted sum of f16 value rows): element-wise fused, row after
+// row, so every table must equal scalar exactly, NaNs included.
 void run_axpy_cases(const std::vector<const k::KernelTable*>& tables, std::mt19937_64& rng) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  for (int64_t n : {int64_t{16}, int64_t{64}, int64_t{128}, int64_t{272}}) {
-    for (bool special : {false, true}) {
-      std::vector<uint16_t> x(n);
-      for (uint16_t& h : x) h = random_half(rng, special);
-      std::vector<float> y0(n);
-      for (float& v : y0) v = normal(rng);
-      const float a = special ? normal(rng) * 1e30f : normal(rng);
-      std::vector<float> expect = y0;
-      k::kScalarTable.axpy_f16(x.data(), a, expect.data(), n);
-      for (const k::KernelTable* t : tables) {
-        std::vector<float> got = y0;
-        t->axpy_f16(x.data(), a, got.data(), n);
-        int bad = 0;
-        for (int64_t i = 0; i < n; ++i)
-          if (bits_of(got[i]) != bits_of(expect[i]) && !(std::isnan(got[i]) && std::isnan(expect[i]))) ++bad;
-        record(bad == 0, std::string(t->isa) + " axpy_f16 n=" + std::to_string(n) + (special ? " special" : "") +
-                             " (" + std::to_string(bad) + " values differ)");
+  for (int64_t n : {int64_t{16}, int64_t{48}, int64_t{64}, int64_t{128}, int64_t{272}}) {
+    for (int64_t m : {int64_t{1}, int64_t{3}, int64_t{37}}) {
+      for (bool special : {false, true}) {
+        const int64_t ldx = n + 16;  // rows further apart than they are long, as the cache's are not
+        std::vector<uint16_t> x(m * ldx);
+        for (uint16_t& h : x) h = random_half(rng, special);
+        std::vector<float> y0(n), a(m);
+        for (float& v : y0) v = normal(rng);
+        for (float& v : a) v = special ? normal(rng) * 1e30f : normal(rng);
+        std::vector<float> expect = y0;
+        k::kScalarTable.axpy_rows_f16(x.data(), ldx, a.data(), m, expect.data(), n);
+        for (const k::KernelTable* t : tables) {
+          std::vector<float> got = y0;
+          t->axpy_rows_f16(x.data(), ldx, a.data(), m, got.data(), n);
+          int bad = 0;
+          for (int64_t i = 0; i < n; ++i)
+            if (bits_of(got[i]) != bits_of(expect[i]) && !(std::isnan(got[i]) && std::isnan(expect[i]))) ++bad;
+          record(bad == 0, std::string(t->isa) + " axpy_rows_f16 n=" + std::to_string(n) + " m=" + std::to_string(m) +
+                               (special ? " special" : "") + " (" + std::to_string(bad) + " values differ)");
+        }
       }
     }
   }
