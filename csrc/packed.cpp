@@ -47,8 +47,9 @@ namespace {
 
 // Upper bound on one matmul's lookup tables: activation rows go in slabs whose tables fit.
 constexpr int64_t kMaxLutBytes = int64_t{32} << 20;
-// Up to this size, a thread keeps its lookup-table buffer from one matmul to the next.
-constexpr size_t kKeptLutBytes = size_t{1} << 20;
+// Up to this size (a decode step's row, or a few), every thread of a binary matmul builds its
+// own copy of the lookup tables (see matmul).
+constexpr int64_t kOwnLutBytes = int64_t{256} << 10;
 
 // The rows of several matrices, in units of one binary tile (kTileRows rows), concatenated and
 // cut into one span a thread (no more spans than units): span i is units [U i / n, U (i+1) / n).
@@ -180,11 +181,28 @@ class Spans {
   std::unique_ptr<Span[]> spans_;
 };
 
-// Runs the products' rows in one parallel job.
+// av with the binary kernels' lookup tables of its rows built into a buffer this thread keeps.
+kernels::ActView with_own_luts(const kernels::KernelTable& t, kernels::ActView av) {
+  thread_local std::unique_ptr<uint8_t[]> buf;
+  thread_local int64_t capacity = 0;
+  const int64_t lut_bytes = t.lut_bytes(av.k);
+  if (capacity < av.rows * lut_bytes) {
+    buf.reset(new uint8_t[static_cast<size_t>(av.rows * lut_bytes)]);  // no zero fill
+    capacity = av.rows * lut_bytes;
+  }
+  for (int64_t b = 0; b < av.rows; ++b) t.build_lut(av.q + b * av.k, av.k, buf.get() + b * lut_bytes);
+  av.lut = buf.get();
+  return av;
+}
+
+// Runs the products' rows in one parallel job; with own_luts, each task first builds its own
+// lookup tables of av's rows.
 void matmul_rows(const kernels::KernelTable& t, const std::vector<Product>& products, const kernels::ActView& av,
-                 int64_t b0, int n_threads, const std::vector<const PackedWeights*>& next) {
+                 int64_t b0, int n_threads, const std::vector<const PackedWeights*>& next, bool own_luts = false) {
   Spans spans(products, n_threads, next);
-  ThreadPool::instance().run(spans.count(), n_threads, [&](int64_t i) { spans.run(t, av, b0, static_cast<int>(i)); });
+  ThreadPool::instance().run(spans.count(), n_threads, [&](int64_t i) {
+    spans.run(t, own_luts ? with_own_luts(t, av) : av, b0, static_cast<int>(i));
+  });
 }
 
 }  // namespace
@@ -202,31 +220,27 @@ void matmul(const kernels::KernelTable& t, const std::vector<Product>& products,
     matmul_rows(t, products, a.view(), 0, n_threads, next);
     return;
   }
-  // The binary kernels look products up in per-row tables: built once here for every weight
-  // row to share, a slab of activation rows at a time.
+  // The binary kernels look products up in per-row tables. For a few rows, each thread builds
+  // its own at the start of its part of the job, in a buffer it keeps: one copy for both threads
+  // cost twice over, as a serial build (5% of a Bonsai-1.7B decode step, its stores missing
+  // lines the other core had read) and as the other core's first reads of the tables (decode
+  // 95 -> 111 tok/s, the two alternating in one process).
   const int64_t lut_bytes = t.lut_bytes(a.k), nblocks = a.k / kernels::kBlock;
-  const int64_t slab = std::clamp<int64_t>(kMaxLutBytes / lut_bytes, 1, a.rows);
-  // A decode step's tables go where the previous matmul's were: those lines were just read and
-  // are still in L1/L2, while a fresh allocation's have been pushed out by the weight stream and
-  // every table store would miss (Bonsai-1.7B: 5% of a step in build_lut, decode 8% slower).
-  const size_t bytes = static_cast<size_t>(slab * lut_bytes);
-  thread_local std::unique_ptr<uint8_t[]> kept;
-  thread_local size_t kept_bytes = 0;
-  std::unique_ptr<uint8_t[]> fresh;  // prompts' larger slabs: not worth keeping per thread
-  if (bytes > kKeptLutBytes) {
-    fresh.reset(new uint8_t[bytes]);  // no zero fill
-  } else if (kept_bytes < bytes) {
-    kept.reset(new uint8_t[bytes]);
-    kept_bytes = bytes;
+  if (a.rows * lut_bytes <= kOwnLutBytes) {
+    matmul_rows(t, products, a.view(), 0, n_threads, next, /*own_luts=*/true);
+    return;
   }
-  uint8_t* const lut = fresh ? fresh.get() : kept.get();
+  // More rows (prompts): built once, in parallel, for every weight row to share, a slab of
+  // activation rows at a time.
+  const int64_t slab = std::clamp<int64_t>(kMaxLutBytes / lut_bytes, 1, a.rows);
+  const std::unique_ptr<uint8_t[]> lut(new uint8_t[static_cast<size_t>(slab * lut_bytes)]);  // no zero fill
   for (int64_t b0 = 0; b0 < a.rows; b0 += slab) {
     const int64_t rows = std::min(slab, a.rows - b0);
     ThreadPool::instance().run(rows, n_threads, [&](int64_t b) {
-      t.build_lut(a.q.data() + (b0 + b) * a.k, a.k, lut + b * lut_bytes);
+      t.build_lut(a.q.data() + (b0 + b) * a.k, a.k, lut.get() + b * lut_bytes);
     });
     const kernels::ActView av{a.q.data() + b0 * a.k, a.s.data() + b0, a.block_sums.data() + b0 * nblocks, rows, a.k,
-                              lut};
+                              lut.get()};
     matmul_rows(t, products, av, b0, n_threads, b0 + rows == a.rows ? next : std::vector<const PackedWeights*>{});
   }
 }

@@ -161,15 +161,18 @@ def test_binary_activation_slabs() -> None:
         assert_bits_equal(kernels.matmul(packed, a, isa=isa, n_threads=2), y_scalar, f"{isa} matmul")
 
 
-def test_binary_tables_reused_across_sizes() -> None:
-    """A thread keeps its lookup-table buffer between matmuls up to 1 MiB and allocates larger
-    slabs afresh: growing, shrinking and oversized tables in turn must each give the scalar result."""
+def test_binary_tables_per_thread_and_shared() -> None:
+    """Up to 256 KiB of lookup tables (a few activation rows), every thread builds its own into a
+    buffer it keeps and regrows; beyond that, one shared set is built per slab. Growing,
+    shrinking and large tables in turn, on 1-3 threads, must each give the scalar result."""
     rng = np.random.default_rng(12)
-    for k, batch in [(512, 1), (6144, 1), (512, 3), (6144, 40), (2048, 1), (4096, 300), (512, 1)]:
+    for k, batch in [(512, 1), (6144, 1), (512, 3), (6144, 40), (2048, 1), (4096, 300), (6144, 5), (512, 1)]:
         n = 64
         packed = pack("binary", random_weights(rng, "binary", n, k),
                       rng.uniform(-1.5, 1.5, size=(n, k // 128)).astype(np.float32), group_size=128)
         a = kernels.quantize_activations(rng.standard_normal((batch, k)).astype(np.float32), isa="scalar")
         y_scalar = kernels.matmul(packed, a, isa="scalar")
         for isa in SIMD:
-            assert_bits_equal(kernels.matmul(packed, a, isa=isa, n_threads=2), y_scalar, f"{isa}, k {k}, batch {batch}")
+            for n_threads in (1, 2, 3):
+                assert_bits_equal(kernels.matmul(packed, a, isa=isa, n_threads=n_threads), y_scalar,
+                                  f"{isa}, k {k}, batch {batch}, {n_threads} threads")
