@@ -213,43 +213,50 @@ void linears(std::initializer_list<std::pair<const Linear*, std::vector<float>*>
 }
 
 // Causal attention of each token over its own sequence's cache (positions 0..pos), one task per
-// (token, head). Query head h reads kv head h / (n_heads / n_kv_heads).
+// (token, kv head): query heads g * group .. (g + 1) * group - 1 read kv head g, so its keys and
+// values come from memory once for the group (they are cold: a decode step streams hundreds
+// of MB of weights between two visits to a layer's cache).
 void attention(const Config& c, int layer, const std::vector<Row>& rows, const std::vector<float>& q,
                std::vector<float>& out, int n_threads) {
   const kernels::KernelTable& kt = kernels::active_table();
   const int hd = c.head_dim, group = c.n_heads / c.n_kv_heads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   out.assign(rows.size() * c.n_heads * hd, 0.0f);
-  ThreadPool::instance().run(static_cast<int64_t>(rows.size()) * c.n_heads, n_threads, [&](int64_t task) {
-    const size_t t = static_cast<size_t>(task / c.n_heads);
-    const int h = static_cast<int>(task % c.n_heads);
+  ThreadPool::instance().run(static_cast<int64_t>(rows.size()) * c.n_kv_heads, n_threads, [&](int64_t task) {
+    const size_t t = static_cast<size_t>(task / c.n_kv_heads);
+    const int g = static_cast<int>(task % c.n_kv_heads);
     const KvCache& kv = *rows[t].kv;
     const int len = rows[t].pos + 1;
-    const size_t base = kv.offset(layer, h / group, 0);
-    const float* qh = q.data() + (t * c.n_heads + h) * hd;
-    float* o = out.data() + (t * c.n_heads + h) * hd;
-    std::vector<float> score(len);
+    const size_t base = kv.offset(layer, g, 0);
+    const size_t first = t * c.n_heads + static_cast<size_t>(g) * group;  // the group's first query head
+    std::vector<float> score(static_cast<size_t>(group) * len);  // [query head of the group][position]
     if (kv.f16) {
-      kt.matvec_f16(kv.k16.get() + base, hd, qh, 1, 0, len, score.data(), len);
+      kt.matvec_f16(kv.k16.get() + base, hd, q.data() + first * hd, group, 0, len, score.data(), len);
     } else {
-      for (int p = 0; p < len; ++p) {
-        const float* key = kv.k32.get() + base + static_cast<size_t>(p) * hd;
-        float dot = 0.0f;
-        for (int i = 0; i < hd; ++i) dot += qh[i] * key[i];
-        score[p] = dot;
-      }
+      for (int j = 0; j < group; ++j)
+        for (int p = 0; p < len; ++p) {
+          const float* qh = q.data() + (first + j) * hd;
+          const float* key = kv.k32.get() + base + static_cast<size_t>(p) * hd;
+          float dot = 0.0f;
+          for (int i = 0; i < hd; ++i) dot += qh[i] * key[i];
+          score[static_cast<size_t>(j) * len + p] = dot;
+        }
     }
-    float max_score = -INFINITY;
-    for (float& sc : score) max_score = std::max(max_score, sc *= scale);
-    for (float& sc : score) sc = exp_poly(sc - max_score);  // apart from the sum, so it vectorizes
-    float sum = 0.0f;
-    for (float sc : score) sum += sc;
-    for (float& sc : score) sc /= sum;
-    if (kv.f16) {
-      kt.axpy_rows_f16(kv.v16.get() + base, hd, score.data(), len, o, hd);
-    } else {
-      for (int p = 0; p < len; ++p)
-        for (int i = 0; i < hd; ++i) o[i] += score[p] * kv.v32[base + static_cast<size_t>(p) * hd + i];
+    for (int j = 0; j < group; ++j) {
+      float* sj = score.data() + static_cast<size_t>(j) * len;
+      float* o = out.data() + (first + j) * hd;
+      float max_score = -INFINITY;
+      for (int p = 0; p < len; ++p) max_score = std::max(max_score, sj[p] *= scale);
+      for (int p = 0; p < len; ++p) sj[p] = exp_poly(sj[p] - max_score);  // apart from the sum: it vectorizes
+      float sum = 0.0f;
+      for (int p = 0; p < len; ++p) sum += sj[p];
+      for (int p = 0; p < len; ++p) sj[p] /= sum;
+      if (kv.f16) {
+        kt.axpy_rows_f16(kv.v16.get() + base, hd, sj, len, o, hd);
+      } else {
+        for (int p = 0; p < len; ++p)
+          for (int i = 0; i < hd; ++i) o[i] += sj[p] * kv.v32[base + static_cast<size_t>(p) * hd + i];
+      }
     }
   });
 }
