@@ -212,6 +212,22 @@ void linears(std::initializer_list<std::pair<const Linear*, std::vector<float>*>
   matmul(t, products, quantize(t, x.data(), n, outs.begin()->first->in, n_threads), n_threads, next);
 }
 
+// gate = act(gate) * up, element by element: SiLU (Llama, Qwen3) or ReLU^2 (BitNet), in slices
+// across the threads. On the caller alone it was 3% of a Bonsai-1.7B decode step with the
+// workers waiting, half of its inputs in the other core's cache (split: decode +3-5%).
+void gated_activation(Activation act, std::vector<float>& gate, const std::vector<float>& up, int n_threads) {
+  constexpr int64_t kSlice = 1024;
+  const int64_t n = static_cast<int64_t>(gate.size());
+  ThreadPool::instance().run((n + kSlice - 1) / kSlice, n_threads, [&](int64_t task) {
+    const int64_t i0 = task * kSlice, i1 = std::min(n, i0 + kSlice);
+    if (act == Activation::kRelu2) {  // one loop each: a branch inside would keep them scalar
+      for (int64_t i = i0; i < i1; ++i) gate[i] = relu2(gate[i]) * up[i];
+    } else {
+      for (int64_t i = i0; i < i1; ++i) gate[i] = silu(gate[i]) * up[i];
+    }
+  });
+}
+
 // Causal attention of each token over its own sequence's cache (positions 0..pos), one task per
 // (token, kv head): query heads g * group .. (g + 1) * group - 1 read kv head g, so its keys and
 // values come from memory once for the group (they are cold: a decode step streams hundreds
@@ -306,11 +322,7 @@ void forward(const Model& m, const int32_t* tokens, const std::vector<Row>& rows
     // Feed-forward block.
     rmsnorm(a.data(), x.data(), L.ffn_norm, n, c.dim, c.norm_eps);
     linears({{&L.ffn_gate, &gate}, {&L.ffn_up, &up}}, a, n, n_threads, packed({&L.ffn_down}));
-    if (c.activation == Activation::kRelu2) {  // one loop each: a branch inside would keep them scalar
-      for (size_t i = 0; i < gate.size(); ++i) gate[i] = relu2(gate[i]) * up[i];
-    } else {
-      for (size_t i = 0; i < gate.size(); ++i) gate[i] = silu(gate[i]) * up[i];
-    }
+    gated_activation(c.activation, gate, up, n_threads);
     if (c.sub_norms) {
       normed.resize(gate.size());
       rmsnorm(normed.data(), gate.data(), L.ffn_sub_norm, n, c.ffn_dim, c.norm_eps);
