@@ -224,7 +224,7 @@ void matmul(const kernels::KernelTable& t, const std::vector<Product>& products,
   // its own at the start of its part of the job, in a buffer it keeps: one copy for both threads
   // cost twice over, as a serial build (5% of a Bonsai-1.7B decode step, its stores missing
   // lines the other core had read) and as the other core's first reads of the tables (decode
-  // 95 -> 111 tok/s, the two alternating in one process).
+  // +3%, the two alternating in one process).
   const int64_t lut_bytes = t.lut_bytes(a.k), nblocks = a.k / kernels::kBlock;
   if (a.rows * lut_bytes <= kOwnLutBytes) {
     matmul_rows(t, products, a.view(), 0, n_threads, next, /*own_luts=*/true);
