@@ -157,6 +157,18 @@ NB_MODULE(_core, m) {
       "x"_a, "n_threads"_a = nb::none(), "isa"_a = nb::none());
 
   m.def(
+      "f32_to_f16",
+      [](const Input& x, std::optional<std::string> isa) {
+        const float* xd = require<float>(x, "x", 1);
+        const int64_t n = static_cast<int64_t>(x.shape(0));
+        if (n % 16 != 0) throw nb::value_error(("x holds " + std::to_string(n) + " values; need a multiple of 16").c_str());
+        std::vector<uint16_t> h(static_cast<size_t>(n));
+        resolve_table(isa).f32_to_f16(xd, h.data(), n);
+        return to_numpy(std::move(h), {static_cast<size_t>(n)});
+      },
+      "x"_a, "isa"_a = nb::none());
+
+  m.def(
       "activations_from_int8",
       [](const Input& q, const Input& s) {
         const int8_t* qd = require<int8_t>(q, "q", 2);

@@ -26,7 +26,8 @@ inline uint16_t f32_to_fp16(float f) {
   std::memcpy(&x, &f, sizeof x);
   const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000);
   const uint32_t abs = x & 0x7fffffffu;
-  if (abs >= 0x7f800000u) return sign | (abs > 0x7f800000u ? 0x7e00 : 0x7c00);  // NaN, inf
+  if (abs > 0x7f800000u) return sign | 0x7e00 | ((abs >> 13) & 0x1ff);  // NaN: quieted, payload's top bits
+  if (abs == 0x7f800000u) return sign | 0x7c00;                           // inf
   if (abs >= 0x477ff000u) return sign | 0x7c00;                                 // rounds to inf
   if (abs < 0x38800000u) {  // subnormal half (or zero): round abs * 2^24 to an integer
     const float scaled = std::nearbyint(std::ldexp(std::fabs(f), 24));

@@ -165,3 +165,42 @@ def test_q8_head_rejects_bad_shapes() -> None:
     wraps[7, 3] = -128
     with pytest.raises(ValueError, match=r"holds -128 at row 7; 8-bit head values must lie in \[-127, 127\]"):
         _core.Model(CONFIG, {**packed, "output.q8": wraps, "output.q8_scale": scale})
+
+
+def conversion_inputs(rng: np.random.Generator) -> np.ndarray:
+    """float32 values an f16 store can meet and the edges of the conversion: many magnitudes,
+    half subnormals, exact ties between two halves, the overflow threshold, infinities, zeros,
+    and NaNs with assorted payloads, quiet and signalling."""
+    normal = (rng.standard_normal(4096) * np.exp2(rng.uniform(-30, 18, 4096))).astype(np.float32)
+    halves = rng.integers(0, 0x7C00, 1024, dtype=np.uint16).view(np.float16).astype(np.float32)
+    ulp = np.spacing(halves.astype(np.float16)).astype(np.float32)
+    ties = halves + ulp / 2  # exactly half way: ties go to the even half
+    edges = np.array([65504.0, 65519.996, 65520.0, 1e10, np.inf, -np.inf, 0.0, -0.0, 2.0**-24, 2.0**-25,
+                      3 * 2.0**-26, 2.0**-14 - 2.0**-25, 1e-45, -1e-45], np.float32)
+    nan_bits = np.array([0x7FC00000, 0xFFC00000, 0x7F800001, 0x7FBFFFFF, 0x7FC12345, 0xFFFFFFFF, 0x7FA00000],
+                        np.uint32)
+    x = np.concatenate([normal, halves, ties, -ties, edges, nan_bits.view(np.float32)])
+    return np.concatenate([x, np.zeros(-len(x) % 16, np.float32)])
+
+
+def test_f32_to_f16_is_exact_on_every_isa() -> None:
+    """The f16 KV cache's stores (KernelTable::f32_to_f16): every ISA equals scalar bit for bit,
+    NaNs included, and scalar equals numpy's rounding for every value but the NaNs (numpy keeps a
+    signalling NaN signalling; F16C and NEON quiet it)."""
+    x = conversion_inputs(np.random.default_rng(51))
+    bits = {isa: kernels.to_float16(x, isa=isa).view(np.uint16) for isa in ISAS}
+    for isa in ISAS:
+        np.testing.assert_array_equal(bits[isa], bits["scalar"], err_msg=isa)
+    finite = ~np.isnan(x)
+    with np.errstate(over="ignore"):  # values past the half range round to infinity, as they should
+        reference = x[finite].astype(np.float16).view(np.uint16)
+    np.testing.assert_array_equal(bits["scalar"][finite], reference)
+    nans = bits["scalar"][~finite]
+    assert ((nans & 0x7E00) == 0x7E00).all()  # quiet NaNs
+
+
+def test_f32_to_f16_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="multiple of 16"):
+        kernels.to_float16(np.zeros(15, np.float32))
+    with pytest.raises((TypeError, ValueError), match="float32"):
+        kernels.to_float16(np.zeros(16, np.float64))

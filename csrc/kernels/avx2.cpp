@@ -640,6 +640,11 @@ void axpy_rows_f16(const uint16_t* x, int64_t ldx, const float* a, int64_t m, fl
   for (; i < n; i += 16) axpy_rows_chunk<2>(x + i, ldx, a, m, y + i);
 }
 
+void f32_to_f16(const float* x, uint16_t* h, int64_t n) {
+  for (int64_t i = 0; i < n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(h + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+}
+
 // 8-bit head. The sign trick makes one operand unsigned without changing the product:
 // w * x = sign(w, x) * |x|, so vpmaddubsw (or VNNI's vpdpbusd) takes |x| as u8 and w with x's
 // sign as s8: 32 exact products per instruction instead of vpmaddwd's 16. Weights lie in
@@ -691,6 +696,7 @@ const KernelTable kTable = {
     {matmul<TernaryBlock>, matmul_binary},
     matvec_f16,
     axpy_rows_f16,
+    f32_to_f16,
     matvec_q8,
     lut_bytes,
     build_lut,

@@ -125,6 +125,11 @@ using MatvecF16Fn = void (*)(const uint16_t* w, int64_t cols, const float* x, in
 // cache. One call for all the rows keeps y in registers.
 using AxpyRowsF16Fn = void (*)(const uint16_t* x, int64_t ldx, const float* a, int64_t m, float* y, int64_t n);
 
+// h[i] = the IEEE binary16 bits of x[i] for i < n (n a multiple of 16): f32_to_fp16 of f16.h, the
+// nearest half with ties to even, overflow to infinity, and a NaN quieted with its sign and its
+// payload's top 9 bits, as the F16C and NEON conversions do: the f16 KV cache's stores.
+using F32ToF16Fn = void (*)(const float* x, uint16_t* h, int64_t n);
+
 // The 8-bit output head: y[t * ldy + r] = float(isum) * w_scale[r] / s[t], isum the exact int32
 // dot product of int8 weight row r and int8 activation row t (rows of `cols`, a multiple of 32),
 // for weight rows r in [r0, r1) and activation rows t < n_x. A multiply then a division, as
@@ -138,6 +143,7 @@ struct KernelTable {
   MatmulFn matmul[kFormatCount];  // indexed by Format
   MatvecF16Fn matvec_f16;
   AxpyRowsF16Fn axpy_rows_f16;
+  F32ToF16Fn f32_to_f16;
   MatvecQ8Fn matvec_q8;
   LutBytesFn lut_bytes;  // null if the binary matmul reads no lookup tables
   BuildLutFn build_lut;

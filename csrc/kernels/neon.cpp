@@ -532,6 +532,12 @@ void axpy_rows_f16(const uint16_t* x, int64_t ldx, const float* a, int64_t m, fl
   for (; i < n; i += 16) axpy_rows_chunk<4>(x + i, ldx, a, m, y + i);
 }
 
+// FCVTN rounds by FPCR (to nearest even unless a program changed it) and, with FPCR.DN clear as
+// Linux and macOS leave it, quiets a NaN keeping its payload's top bits.
+void f32_to_f16(const float* x, uint16_t* h, int64_t n) {
+  for (int64_t i = 0; i < n; i += 4) vst1_u16(h + i, vreinterpret_u16_f16(vcvt_f16_f32(vld1q_f32(x + i))));
+}
+
 // 8-bit head: the exact int32 dot product of two int8 rows (sdot where the CPU has it, else
 // widening multiplies with pairwise accumulation: a product pair is at most 2 * 128 * 128, which
 // the int32 lanes of sadalp hold).
@@ -564,6 +570,7 @@ constexpr KernelTable kNeonTable = {
     {matmul_ternary, matmul_binary},
     matvec_f16,
     axpy_rows_f16,
+    f32_to_f16,
     matvec_q8,
     lut_bytes,
     build_lut,

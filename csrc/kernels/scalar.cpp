@@ -75,6 +75,10 @@ void axpy_rows_f16(const uint16_t* x, int64_t ldx, const float* a, int64_t m, fl
     for (int64_t i = 0; i < n; ++i) y[i] = std::fma(a[p], fp16_to_f32(x[p * ldx + i]), y[i]);
 }
 
+void f32_to_f16(const float* x, uint16_t* h, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) h[i] = f32_to_fp16(x[i]);
+}
+
 void matvec_q8(const int8_t* w, const float* w_scale, int64_t cols, const int8_t* q, const float* s, int64_t n_x,
                int64_t r0, int64_t r1, float* y, int64_t ldy) {
   for (int64_t r = r0; r < r1; ++r)
@@ -94,6 +98,7 @@ const KernelTable kScalarTable = {
     {matmul<Format::kTernary>, matmul<Format::kBinary>},
     matvec_f16,
     axpy_rows_f16,
+    f32_to_f16,
     matvec_q8,
     nullptr,
     nullptr,

@@ -148,16 +148,15 @@ size_t KvCache::offset(int layer, int kv_head, int pos) const {
 }
 
 void KvCache::store(int layer, int pos, const float* k, const float* v) {
+  const kernels::F32ToF16Fn to_f16 = kernels::active_table().f32_to_f16;
   for (int h = 0; h < n_kv_heads; ++h) {
     const size_t src = static_cast<size_t>(h) * head_dim, dst = offset(layer, h, pos);
-    for (int i = 0; i < head_dim; ++i) {
-      if (f16) {
-        k16[dst + i] = f32_to_fp16(k[src + i]);
-        v16[dst + i] = f32_to_fp16(v[src + i]);
-      } else {
-        k32[dst + i] = k[src + i];
-        v32[dst + i] = v[src + i];
-      }
+    if (f16) {
+      to_f16(k + src, k16.get() + dst, head_dim);
+      to_f16(v + src, v16.get() + dst, head_dim);
+    } else {
+      std::copy_n(k + src, head_dim, k32.get() + dst);
+      std::copy_n(v + src, head_dim, v32.get() + dst);
     }
   }
 }

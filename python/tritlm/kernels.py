@@ -31,6 +31,7 @@ __all__ = [
     "repack_q1_0",
     "repack_tq1_0",
     "repack_tq2_0",
+    "to_float16",
 ]
 
 Scale = Union[float, npt.ArrayLike]
@@ -146,6 +147,13 @@ def quantize_activations(
 ) -> QuantizedActivations:
     """Quantize float32 rows (tokens) to int8 with one scale per row, BitNet b1.58's absmax rule."""
     return _core.quantize(_require_array(x, "x"), n_threads, isa)
+
+
+def to_float16(x: np.ndarray, *, isa: str | None = None) -> np.ndarray:
+    """float32 values (a multiple of 16) rounded to IEEE half as the engine's f16 KV cache stores
+    them: the kernel table's conversion, nearest with ties to even, a NaN quieted with its
+    payload's top bits. Every ISA gives the same bits."""
+    return _core.f32_to_f16(_require_array(x, "x"), isa).view(np.float16)
 
 
 def activations_from_int8(q: np.ndarray, scale: float | npt.ArrayLike) -> QuantizedActivations:

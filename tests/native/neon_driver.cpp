@@ -33,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "f16.h"
 #include "kernels/kernels.h"
 
 #ifndef HWCAP_ASIMDDP
@@ -549,6 +550,41 @@ void run_axpy_cases(const std::vector<const k::KernelTable*>& tables, std::mt199
   }
 }
 
+// f32_to_f16 (the f16 KV cache's stores): FCVTN must give scalar's bits for every value, ties,
+// subnormals, overflow and NaN payloads included.
+void run_f32_to_f16_cases(const std::vector<const k::KernelTable*>& tables, std::mt19937_64& rng) {
+  std::vector<float> x;
+  std::uniform_real_distribution<float> exponent(-30.0f, 18.0f);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (int i = 0; i < 4096; ++i) x.push_back(normal(rng) * std::exp2(exponent(rng)));
+  for (int i = 0; i < 1024; ++i) {  // exactly half way between two adjacent halves
+    const uint16_t h = static_cast<uint16_t>(rng() % 0x7bff);
+    const float lo = tritlm::fp16_to_f32(h), hi = tritlm::fp16_to_f32(static_cast<uint16_t>(h + 1));
+    x.push_back((lo + hi) / 2);
+    x.push_back(-(lo + hi) / 2);
+  }
+  for (float v : {65504.0f, 65519.996f, 65520.0f, 1e10f, INFINITY, -INFINITY, 0.0f, -0.0f, 0x1p-24f, 0x1p-25f,
+                  0x1.8p-25f, 1e-45f, -1e-45f})
+    x.push_back(v);
+  for (uint32_t bits : {0x7fc00000u, 0xffc00000u, 0x7f800001u, 0x7fbfffffu, 0x7fc12345u, 0xffffffffu}) {
+    float v;
+    std::memcpy(&v, &bits, sizeof v);
+    x.push_back(v);
+  }
+  while (x.size() % 16 != 0) x.push_back(1.0f);
+  const int64_t n = static_cast<int64_t>(x.size());
+  std::vector<uint16_t> expect(n);
+  k::kScalarTable.f32_to_f16(x.data(), expect.data(), n);
+  for (const k::KernelTable* t : tables) {
+    std::vector<uint16_t> got(n);
+    t->f32_to_f16(x.data(), got.data(), n);
+    int bad = 0;
+    for (int64_t i = 0; i < n; ++i) bad += got[i] != expect[i];
+    record(bad == 0, std::string(t->isa) + " f32_to_f16 (" + std::to_string(bad) + " of " + std::to_string(n) +
+                         " values differ)");
+  }
+}
+
 // matvec_q8 (the 8-bit head): exact int32 dots, then scalar's multiply and division.
 void run_q8_cases(const std::vector<const k::KernelTable*>& tables, std::mt19937_64& rng) {
   std::uniform_real_distribution<float> scale(1e-4f, 2.0f);
@@ -639,6 +675,7 @@ int main() {
   for (const MatmulCase& c : cases) run_matmul_case(c, tables, rng);
   run_f16_cases(tables, rng);
   run_axpy_cases(tables, rng);
+  run_f32_to_f16_cases(tables, rng);
   run_q8_cases(tables, rng);
 
   std::printf("%d matmul shapes, %zu tables\n", static_cast<int>(cases.size()), tables.size());
