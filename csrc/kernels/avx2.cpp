@@ -401,7 +401,9 @@ void build_lut(const int8_t* q, int64_t k, uint8_t* lut) {
 #define TRITLM_UNROLL_CHUNKS _Pragma("GCC unroll 2")
 
 // How far ahead of the lookups the codes are prefetched into L2. The hardware prefetcher keeps
-// few misses in flight on this stream, so the software prefetches are what keeps memory busy:
+// few misses in flight on this stream (on Zen 4 it stops helping once the loads that hit L1 span
+// more than two 4 KiB pages, as the tables do: a stream benchmark fell from 32 to 12 GB/s on one
+// core), so the software prefetches are what keeps memory busy:
 // one line a line of codes, 4 KiB ahead (the 196 linears of Bonsai-1.7B, 2 threads: 12.6 ->
 // 10.0 ms against none; prefetching every other line is as slow as none; 1-2 KiB ahead is worse,
 // 6-16 KiB no better). Issued as the lookups go, one per line, not eight at a block's start:
