@@ -233,3 +233,18 @@ def test_sampler_distribution_follows_temperature_and_filters() -> None:
 def test_sampler_rejects_bad_values(kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         _core.Sampler(**kwargs)
+
+
+def test_overflowing_attention_scores_raise_not_hide() -> None:
+    """Query and key norms so large that the f16 keys overflow: the scores hold inf and NaN.
+    The softmax must pass them on (its exp keeps NaN), so the output projection's quantizer
+    names the problem instead of the model producing finite nonsense."""
+    config = {**CONFIG, "activation": "silu", "sub_norms": False, "qk_norm": True}
+    packed, _ = random_model(config, seed=1)
+    weights = {k: v for k, v in packed.items() if "sub_norm" not in k}
+    for layer in range(config["n_layers"]):
+        for norm in ("attn_q_norm", "attn_k_norm"):
+            weights[f"blk.{layer}.{norm}"] = np.full(config["head_dim"], 1e30, np.float32)
+    model = _core.Model(config, weights)
+    with pytest.raises(ValueError, match="NaN or an infinity"):
+        _core.Session(model, 16, True).eval(np.array([1, 2, 3], np.int32), "last")

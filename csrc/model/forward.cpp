@@ -260,8 +260,15 @@ void attention(const Config& c, int layer, const std::vector<Row>& rows, const s
     for (int j = 0; j < group; ++j) {
       float* sj = score.data() + static_cast<size_t>(j) * len;
       float* o = out.data() + (first + j) * hd;
-      float max_score = -INFINITY;
-      for (int p = 0; p < len; ++p) max_score = std::max(max_score, sj[p] *= scale);
+      float max_score = -INFINITY, poison = 0.0f;  // poison: NaN once a score is NaN or infinite
+      for (int p = 0; p < len; ++p) {
+        max_score = std::max(max_score, sj[p] *= scale);
+        poison += sj[p] * 0.0f;
+      }
+      if (poison != 0.0f) {  // exp_poly would clamp a NaN to a number: pass it on for the next quantizer to name
+        std::fill(o, o + hd, NAN);
+        continue;
+      }
       for (int p = 0; p < len; ++p) sj[p] = exp_poly(sj[p] - max_score);  // apart from the sum: it vectorizes
       float sum = 0.0f;
       for (int p = 0; p < len; ++p) sum += sj[p];
