@@ -100,7 +100,7 @@ class Spans {
 
   // Computes span `own` and then whatever it can take from the others. A worker then fetches
   // the start of the next job's span `own` while the caller works alone between the two jobs
-  // (norms, attention, quantization), and usually takes that span then.
+  // (norms, RoPE, quantization), and usually takes that span then.
   void run(const kernels::KernelTable& t, const kernels::ActView& av, int64_t b0, int own) {
     Span& mine = spans_[own];
     for (;;) {

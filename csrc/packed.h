@@ -59,8 +59,8 @@ struct Product {
 
 // All the products at once: one build of the lookup tables (a thread's own, for a few rows) and
 // one parallel run over the rows of every matrix, so a decode step pays one thread hand-off, not
-// one a matrix. `next`: the
-// matrices of the caller's next matmul, whose first rows idle workers fetch ahead.
+// one a matrix. `next`: the matrices of the caller's next matmul, whose first rows idle workers
+// fetch ahead.
 void matmul(const kernels::KernelTable& t, const std::vector<Product>& products, const QuantizedActivations& a,
             int n_threads, const std::vector<const PackedWeights*>& next = {});
 

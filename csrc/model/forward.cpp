@@ -248,14 +248,15 @@ void attention(const Config& c, int layer, const std::vector<Row>& rows, const s
     if (kv.f16) {
       kt.matvec_f16(kv.k16.get() + base, hd, q.data() + first * hd, group, 0, len, score.data(), len);
     } else {
-      for (int j = 0; j < group; ++j)
+      for (int j = 0; j < group; ++j) {
+        const float* qh = q.data() + (first + j) * hd;
         for (int p = 0; p < len; ++p) {
-          const float* qh = q.data() + (first + j) * hd;
           const float* key = kv.k32.get() + base + static_cast<size_t>(p) * hd;
           float dot = 0.0f;
           for (int i = 0; i < hd; ++i) dot += qh[i] * key[i];
           score[static_cast<size_t>(j) * len + p] = dot;
         }
+      }
     }
     for (int j = 0; j < group; ++j) {
       float* sj = score.data() + static_cast<size_t>(j) * len;
