@@ -117,12 +117,21 @@ def test_f32_head_matches_float64(restore_isa: None) -> None:
     assert_matches_float64(hidden, head, logits, 1e-4, "f32 head")
 
 
-def test_f16_kv_cache_attention_is_the_same_on_every_isa(restore_isa: None) -> None:
-    """Attention over an f16 KV cache goes through matvec_f16 and axpy_rows_f16: every SIMD table
+@pytest.mark.parametrize(
+    "shape",
+    [
+        {},  # groups of 2, head_dim 64: the kernels' 64-wide chunks
+        {"n_heads": 8, "n_kv_heads": 2, "head_dim": 48},  # groups of 4, head_dim 48: 16-wide chunks
+    ],
+)
+def test_f16_kv_cache_attention_is_the_same_on_every_isa(restore_isa: None, shape: dict) -> None:
+    """Attention over an f16 KV cache goes through matvec_f16 and axpy_rows_f16 (a group's query
+    heads in one call, 70 positions: past the kernels' blocks of 32 value rows): every SIMD table
     gives the scalar specification's logits bit for bit."""
-    packed, _ = random_model(CONFIG, seed=21)
-    tokens = np.random.default_rng(22).integers(0, CONFIG["vocab_size"], 70).astype(np.int32)
-    assert_isas_equal_scalar(logits_per_isa(_core.Model(CONFIG, packed), tokens, "all", kv_f16=True))
+    config = {**CONFIG, **shape}
+    packed, _ = random_model(config, seed=21)
+    tokens = np.random.default_rng(22).integers(0, config["vocab_size"], 70).astype(np.int32)
+    assert_isas_equal_scalar(logits_per_isa(_core.Model(config, packed), tokens, "all", kv_f16=True))
 
 
 def test_q8_head_is_exact_across_isas_and_close_to_f16(restore_isa: None) -> None:

@@ -636,10 +636,23 @@ TRITLM_INLINE void axpy_rows_chunk(const uint16_t* x, int64_t ldx, const float* 
   TRITLM_UNROLL for (int v = 0; v < V; ++v) _mm256_storeu_ps(y + 8 * v, acc[v]);
 }
 
-void axpy_rows_f16(const uint16_t* x, int64_t ldx, const float* a, int64_t m, float* y, int64_t n) {
-  int64_t i = 0;
-  for (; i + 64 <= n; i += 64) axpy_rows_chunk<8>(x + i, ldx, a, m, y + i);
-  for (; i < n; i += 16) axpy_rows_chunk<2>(x + i, ldx, a, m, y + i);
+// Value rows a block: 8 KiB of 128-wide rows, read from memory once and then from L1 by the
+// passes of every output row (a group's query heads) and 64-wide chunk. Unblocked, one call a
+// head read the values once per head of the group, from memory again at long contexts
+// (Bonsai-1.7B decode at 2048 positions: this kernel's time -33%).
+constexpr int64_t kAxpyBlockRows = 32;
+
+void axpy_rows_f16(const uint16_t* x, int64_t ldx, const float* a, int64_t lda, int64_t n_a, int64_t m, float* y,
+                   int64_t ldy, int64_t n) {
+  for (int64_t p0 = 0; p0 < m; p0 += kAxpyBlockRows) {
+    const int64_t rows = std::min(kAxpyBlockRows, m - p0);
+    for (int64_t j = 0; j < n_a; ++j) {
+      float* yj = y + j * ldy;
+      int64_t i = 0;
+      for (; i + 64 <= n; i += 64) axpy_rows_chunk<8>(x + p0 * ldx + i, ldx, a + j * lda + p0, rows, yj + i);
+      for (; i < n; i += 16) axpy_rows_chunk<2>(x + p0 * ldx + i, ldx, a + j * lda + p0, rows, yj + i);
+    }
+  }
 }
 
 void f32_to_f16(const float* x, uint16_t* h, int64_t n) {

@@ -120,10 +120,12 @@ using BuildLutFn = void (*)(const int8_t* q, int64_t k, uint8_t* lut);
 using MatvecF16Fn = void (*)(const uint16_t* w, int64_t cols, const float* x, int64_t n_x, int64_t r0, int64_t r1,
                              float* y, int64_t ldy);
 
-// y[i] = fma(a[p], f32(x[p * ldx + i]), y[i]) for p = 0, 1, .., m - 1 in turn and i < n (fused,
-// element by element; n a multiple of 16): attention's weighted sum of m rows of an f16 value
-// cache. One call for all the rows keeps y in registers.
-using AxpyRowsF16Fn = void (*)(const uint16_t* x, int64_t ldx, const float* a, int64_t m, float* y, int64_t n);
+// y[j * ldy + i] = fma(a[j * lda + p], f32(x[p * ldx + i]), y[j * ldy + i]) for p = 0, 1, .., m - 1
+// in turn, every j < n_a and i < n (fused, element by element; n a multiple of 16): attention's
+// weighted sums of m rows of an f16 value cache, one per query head of a group. One call for the
+// group lets a kernel read each value row from memory once.
+using AxpyRowsF16Fn = void (*)(const uint16_t* x, int64_t ldx, const float* a, int64_t lda, int64_t n_a, int64_t m,
+                               float* y, int64_t ldy, int64_t n);
 
 // h[i] = the IEEE binary16 bits of x[i] for i < n (n a multiple of 16): f32_to_fp16 of f16.h, the
 // nearest half with ties to even, overflow to infinity, and a NaN quieted with its sign and its

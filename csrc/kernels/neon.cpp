@@ -526,10 +526,20 @@ inline void axpy_rows_chunk(const uint16_t* x, int64_t ldx, const float* a, int6
   for (int v = 0; v < V; ++v) vst1q_f32(y + 4 * v, acc[v]);
 }
 
-void axpy_rows_f16(const uint16_t* x, int64_t ldx, const float* a, int64_t m, float* y, int64_t n) {
-  int64_t i = 0;
-  for (; i + 32 <= n; i += 32) axpy_rows_chunk<8>(x + i, ldx, a, m, y + i);
-  for (; i < n; i += 16) axpy_rows_chunk<4>(x + i, ldx, a, m, y + i);
+// As avx2.cpp: a block of value rows at a time, each read from memory once for every output row.
+constexpr int64_t kAxpyBlockRows = 32;
+
+void axpy_rows_f16(const uint16_t* x, int64_t ldx, const float* a, int64_t lda, int64_t n_a, int64_t m, float* y,
+                   int64_t ldy, int64_t n) {
+  for (int64_t p0 = 0; p0 < m; p0 += kAxpyBlockRows) {
+    const int64_t rows = m - p0 < kAxpyBlockRows ? m - p0 : kAxpyBlockRows;  // no std::min: see the top
+    for (int64_t j = 0; j < n_a; ++j) {
+      float* yj = y + j * ldy;
+      int64_t i = 0;
+      for (; i + 32 <= n; i += 32) axpy_rows_chunk<8>(x + p0 * ldx + i, ldx, a + j * lda + p0, rows, yj + i);
+      for (; i < n; i += 16) axpy_rows_chunk<4>(x + p0 * ldx + i, ldx, a + j * lda + p0, rows, yj + i);
+    }
+  }
 }
 
 // FCVTN rounds by FPCR (to nearest even unless a program changed it) and, with FPCR.DN clear as

@@ -70,9 +70,12 @@ void matvec_f16(const uint16_t* w, int64_t cols, const float* x, int64_t n_x, in
   }
 }
 
-void axpy_rows_f16(const uint16_t* x, int64_t ldx, const float* a, int64_t m, float* y, int64_t n) {
-  for (int64_t p = 0; p < m; ++p)
-    for (int64_t i = 0; i < n; ++i) y[i] = std::fma(a[p], fp16_to_f32(x[p * ldx + i]), y[i]);
+void axpy_rows_f16(const uint16_t* x, int64_t ldx, const float* a, int64_t lda, int64_t n_a, int64_t m, float* y,
+                   int64_t ldy, int64_t n) {
+  for (int64_t j = 0; j < n_a; ++j)
+    for (int64_t p = 0; p < m; ++p)
+      for (int64_t i = 0; i < n; ++i)
+        y[j * ldy + i] = std::fma(a[j * lda + p], fp16_to_f32(x[p * ldx + i]), y[j * ldy + i]);
 }
 
 void f32_to_f16(const float* x, uint16_t* h, int64_t n) {

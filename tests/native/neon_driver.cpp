@@ -521,29 +521,33 @@ void run_f16_case(const F16Case& c, const std::vector<const k::KernelTable*>& ta
   }
 }
 
-// axpy_rows_f16 (attention's weighted sum of f16 value rows): element-wise fused, row after
-// row, so every table must equal scalar exactly, NaNs included.
+// axpy_rows_f16 (attention's weighted sums of f16 value rows, one per query head of a group):
+// element-wise fused, row after row, so every table must equal scalar exactly, NaNs included.
+// m = 37 and 70 cross the kernels' blocks of 32 rows.
 void run_axpy_cases(const std::vector<const k::KernelTable*>& tables, std::mt19937_64& rng) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
   for (int64_t n : {int64_t{16}, int64_t{48}, int64_t{64}, int64_t{128}, int64_t{272}}) {
-    for (int64_t m : {int64_t{1}, int64_t{3}, int64_t{37}}) {
-      for (bool special : {false, true}) {
-        const int64_t ldx = n + 16;  // rows further apart than they are long, as the cache's are not
-        std::vector<uint16_t> x(m * ldx);
-        for (uint16_t& h : x) h = random_half(rng, special);
-        std::vector<float> y0(n), a(m);
-        for (float& v : y0) v = normal(rng);
-        for (float& v : a) v = special ? normal(rng) * 1e30f : normal(rng);
-        std::vector<float> expect = y0;
-        k::kScalarTable.axpy_rows_f16(x.data(), ldx, a.data(), m, expect.data(), n);
-        for (const k::KernelTable* t : tables) {
-          std::vector<float> got = y0;
-          t->axpy_rows_f16(x.data(), ldx, a.data(), m, got.data(), n);
-          int bad = 0;
-          for (int64_t i = 0; i < n; ++i)
-            if (bits_of(got[i]) != bits_of(expect[i]) && !(std::isnan(got[i]) && std::isnan(expect[i]))) ++bad;
-          record(bad == 0, std::string(t->isa) + " axpy_rows_f16 n=" + std::to_string(n) + " m=" + std::to_string(m) +
-                               (special ? " special" : "") + " (" + std::to_string(bad) + " values differ)");
+    for (int64_t m : {int64_t{1}, int64_t{3}, int64_t{37}, int64_t{70}}) {
+      for (int64_t n_a : {int64_t{1}, int64_t{3}}) {
+        for (bool special : {false, true}) {
+          const int64_t ldx = n + 16, lda = m + 5, ldy = n + 32;  // strides longer than the rows
+          std::vector<uint16_t> x(m * ldx);
+          for (uint16_t& h : x) h = random_half(rng, special);
+          std::vector<float> y0(n_a * ldy), a(n_a * lda);
+          for (float& v : y0) v = normal(rng);
+          for (float& v : a) v = special ? normal(rng) * 1e30f : normal(rng);
+          std::vector<float> expect = y0;
+          k::kScalarTable.axpy_rows_f16(x.data(), ldx, a.data(), lda, n_a, m, expect.data(), ldy, n);
+          for (const k::KernelTable* t : tables) {
+            std::vector<float> got = y0;
+            t->axpy_rows_f16(x.data(), ldx, a.data(), lda, n_a, m, got.data(), ldy, n);
+            int bad = 0;
+            for (size_t i = 0; i < got.size(); ++i)
+              if (bits_of(got[i]) != bits_of(expect[i]) && !(std::isnan(got[i]) && std::isnan(expect[i]))) ++bad;
+            record(bad == 0, std::string(t->isa) + " axpy_rows_f16 n=" + std::to_string(n) + " m=" +
+                                 std::to_string(m) + " n_a=" + std::to_string(n_a) + (special ? " special" : "") +
+                                 " (" + std::to_string(bad) + " values differ)");
+          }
         }
       }
     }
