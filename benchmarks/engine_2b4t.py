@@ -15,7 +15,7 @@ import argparse
 import time
 
 import numpy as np
-from engine_speed import measure  # benchmarks/engine_speed.py, next to this script
+from engine_speed import add_arguments, measure  # benchmarks/engine_speed.py, next to this script
 
 from tritlm import _core, kernels
 
@@ -99,10 +99,7 @@ def load_figures(model_weights: dict, threads: int, path: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=_core.get_num_threads())
-    ap.add_argument("--prompt", type=int, default=128)
-    ap.add_argument("--gen", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
+    add_arguments(ap, threads=_core.get_num_threads())
     ap.add_argument("--head", choices=["f16", "q8"], default="f16")
     ap.add_argument("--gguf", metavar="PATH", help="also write the model as an I2_S GGUF here and time loading it")
     a = ap.parse_args()
@@ -110,7 +107,8 @@ def main() -> None:
     model, per_token, weights = build(a.threads, a.head)
     print(f"built 2B4T-shaped model in {time.perf_counter() - t0:.1f} s; "
           f"{per_token / 1e9:.3f} GB of weights read per generated token (packed linears + {a.head} head)")
-    fig = measure(model, SHAPE, per_token, threads=a.threads, prompt=a.prompt, gen=a.gen, repeats=a.repeats)
+    fig = measure(model, SHAPE, per_token, threads=a.threads, prompt=a.prompt, gen=a.gen, depth=a.depth,
+                  repeats=a.repeats)
     print("\n".join(fig.lines()))
     if a.gguf:
         del model

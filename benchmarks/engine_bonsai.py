@@ -2,6 +2,7 @@
 random weights, beside this machine's read bandwidth measured in the same run.
 
     python benchmarks/engine_bonsai.py [--models 1.7b,8b] [--threads 2] [--head q8] [--repeats 3]
+                                       [--depth 2048]
 
 Bonsai-1.7B / 4B / 8B are Qwen3-1.7B / 4B / 8B (their config.json shapes below) with every linear
 in GGUF Q1_0. Each model is built in memory, never written to disk: random Q1_0 bytes (random
@@ -9,7 +10,8 @@ sign bits, block scales around 0.02) go through ``kernels.repack_q1_0``, as a fi
 embedding is a random float16 table. The head is "q8" (int8 rows + a scale each: 8.25 bits a
 weight, the engine's nearest to llama.cpp's Q6_K recipe), "binary" (Q1_0 on the binary kernel,
 as the Bonsai files store it) or "f16". Roofline: bytes read per generated token (packed
-linears + head) / read bandwidth (benchmarks/engine_speed.py).
+linears + head + the KV cache attention reads) / read bandwidth (benchmarks/engine_speed.py).
+``--depth N`` generates after N positions of context instead of from an empty one.
 
 llama.cpp on this machine, 2 threads, head in Q6_K (issue 7): 1.7B 21.0 tokens/s generation
 (0.454 GB a token, 36% of a 26 GB/s roofline), 34 tokens/s prompt; 8B 5.1 (1.49 GB, 29%), 6.8.
@@ -21,7 +23,7 @@ import argparse
 import time
 
 import numpy as np
-from engine_speed import measure  # benchmarks/engine_speed.py, next to this script
+from engine_speed import add_arguments, measure  # benchmarks/engine_speed.py, next to this script
 
 from tritlm import _core, kernels
 
@@ -85,10 +87,7 @@ def build(name: str, threads: int, head: str) -> tuple[object, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="1.7b,8b", help=f"comma-separated, of {','.join(SHAPES)}")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--prompt", type=int, default=128)
-    ap.add_argument("--gen", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
+    add_arguments(ap, threads=2)
     ap.add_argument("--head", choices=["f16", "q8", "binary"], default="q8")
     a = ap.parse_args()
     for name in a.models.split(","):
@@ -98,12 +97,12 @@ def main() -> None:
         model, per_token = build(name, a.threads, a.head)
         print(f"\nBonsai-{name.upper()} shape, {a.head} head: built in {time.perf_counter() - t0:.1f} s")
         fig = measure(model, SHAPES[name], per_token, threads=a.threads, prompt=a.prompt, gen=a.gen,
-                      repeats=a.repeats)
+                      depth=a.depth, repeats=a.repeats)
         print("\n".join(fig.lines()))
         if name in LLAMA_CPP:
             tg, pp = LLAMA_CPP[name]
             print(f"goals: generation >= 85% of the roofline; pp{a.prompt} >= {2 * pp:.1f} tokens/s "
-                  f"(2x llama.cpp's {pp}); llama.cpp generates {tg} tokens/s")
+                  f"(2x llama.cpp's {pp}); llama.cpp generates {tg} tokens/s from an empty context")
         del model
 
 

@@ -2,11 +2,13 @@
 the same run: shared by the engine benchmarks (engine_2b4t.py, engine_bonsai.py).
 
 Generation runs as llama-bench's tg does, from an empty context (positions 0..gen-1), so its
-figures compare with llama.cpp's; the prompt runs in a session of its own. The roofline is bytes
+figures compare with llama.cpp's, or after ``depth`` positions of an untimed prompt, as
+llama-bench's ``-d`` does (tg64 @ d2048: what a long chat costs, where attention reads a KV cache
+as large as the weights); the prompt runs in a session of its own. The roofline is bytes
 read per generated token / the streaming read bandwidth ``_core.measure_read_bandwidth``
 measures on the same threads, where the bytes are the caller's count of weights (every linear's
 packed weights + the head) plus the KV cache a token reads on average over the run (f16 keys and
-values of positions 0..p at position p). Each repeat probes the bandwidth right before its prompt
+values of positions 0..p at position p, p from depth). Each repeat probes the bandwidth right before its prompt
 run and right after its generation run, and its generation is set against the higher of the two:
 a shared host here switches between a slow and a fast memory state from one second to the next,
 and one best probe over all repeats let a repeat that met a fast state pass 100% of a slow one.
@@ -14,6 +16,7 @@ and one best probe over all repeats let a repeat that met a fast state pass 100%
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -28,6 +31,7 @@ class EngineFigures:
     threads: int
     prompt: int
     gen: int
+    depth: int
     bytes_per_token: int
     bandwidth: float = 0.0                            # best probe, bytes/s
     pp: list[float] = field(default_factory=list)    # prompt tokens/s, one per repeat
@@ -52,7 +56,8 @@ class EngineFigures:
             f"threads {self.threads}, isa {_core.active_isa()}, read bandwidth {self.bandwidth / 1e9:.1f} GB/s, "
             f"{self.bytes_per_token / 1e9:.3f} GB read per generated token -> roofline {self.roofline:.1f} tokens/s",
             f"pp{self.prompt}: {fmt(self.pp)} tokens/s",
-            f"tg{self.gen}:  {fmt(self.tg)} tokens/s = {100 * statistics.mean(self.shares):.0f}% of the roofline "
+            f"tg{self.gen}{f' @ d{self.depth}' if self.depth else ''}:  {fmt(self.tg)} tokens/s = "
+            f"{100 * statistics.mean(self.shares):.0f}% of the roofline "
             f"(each repeat against the probes around it; best repeat {100 * max(self.shares):.0f}%)",
             "  repeats: " + ", ".join(f"{tg:.1f} tokens/s at {bw / 1e9:.1f} GB/s = {100 * share:.0f}%"
                                       for tg, bw, share in zip(self.tg, self.tg_bandwidth, self.shares)),
@@ -65,15 +70,26 @@ def kv_bytes_per_position(config: dict) -> int:
     return 2 * 2 * config["n_layers"] * config["n_kv_heads"] * config["head_dim"]
 
 
+def add_arguments(ap: argparse.ArgumentParser, threads: int) -> None:
+    """The options every engine benchmark takes: what ``measure`` runs, and how often."""
+    ap.add_argument("--threads", type=int, default=threads)
+    ap.add_argument("--prompt", type=int, default=128, help="prompt tokens evaluated in one call (pp)")
+    ap.add_argument("--gen", type=int, default=64, help="tokens generated one at a time (tg)")
+    ap.add_argument("--depth", type=int, default=0, help="positions already in the KV cache when generation starts")
+    ap.add_argument("--repeats", type=int, default=3)
+
+
 def measure(model: object, config: dict, weight_bytes: int, *, threads: int, prompt: int = 128, gen: int = 64,
-            repeats: int = 3, seed: int = 1) -> EngineFigures:
+            depth: int = 0, repeats: int = 3, seed: int = 1) -> EngineFigures:
     """Per repeat: a bandwidth probe (1 GiB, best of 3), then a fresh session that evaluates a random
-    prompt of ``prompt`` tokens in one call, another that generates ``gen`` tokens one at a time
-    from an empty context (logits of the last position each time), and a second probe."""
+    prompt of ``prompt`` tokens in one call, another that evaluates ``depth`` random tokens untimed
+    and then generates ``gen`` tokens one at a time (logits of the last position each time), and a
+    second probe."""
     rng = np.random.default_rng(seed)
     vocab_size = config["vocab_size"]
-    kv_read = kv_bytes_per_position(config) * (gen + 1) // 2  # positions 0..p read at p, averaged
-    fig = EngineFigures(threads, prompt, gen, weight_bytes + kv_read)
+    # Position depth + p reads positions 0..depth + p: depth + (gen + 1) / 2 of them on average.
+    kv_read = kv_bytes_per_position(config) * (2 * depth + gen + 1) // 2
+    fig = EngineFigures(threads, prompt, gen, depth, weight_bytes + kv_read)
     for _ in range(repeats):
         before = _core.measure_read_bandwidth(1 << 30, threads, 3)
         s = _core.Session(model, prompt, True, threads)
@@ -81,7 +97,9 @@ def measure(model: object, config: dict, weight_bytes: int, *, threads: int, pro
         t = time.perf_counter()
         s.eval(tokens, "last")
         fig.pp.append(prompt / (time.perf_counter() - t))
-        s = _core.Session(model, gen, True, threads)
+        s = _core.Session(model, depth + gen, True, threads)
+        if depth:
+            s.eval(rng.integers(0, vocab_size, depth).astype(np.int32), "last")
         t = time.perf_counter()
         for tok in rng.integers(0, vocab_size, gen).astype(np.int32):
             s.eval(np.array([tok], np.int32), "last")
