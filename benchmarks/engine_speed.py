@@ -8,10 +8,11 @@ as large as the weights); the prompt runs in a session of its own. The roofline 
 read per generated token / the streaming read bandwidth ``_core.measure_read_bandwidth``
 measures on the same threads, where the bytes are the caller's count of weights (every linear's
 packed weights + the head) plus the KV cache a token reads on average over the run (f16 keys and
-values of positions 0..p at position p, p from depth). Each repeat probes the bandwidth right before its prompt
-run and right after its generation run, and its generation is set against the higher of the two:
-a shared host here switches between a slow and a fast memory state from one second to the next,
-and one best probe over all repeats let a repeat that met a fast state pass 100% of a slow one.
+values of positions 0..p at position p, p from depth). Each repeat probes the bandwidth right
+before its prompt run and right after its generation run, and its generation is set against the
+higher of the two: a shared host here switches between a slow and a fast memory state from one
+second to the next, and one best probe over all repeats let a repeat that met a fast state pass
+100% of a slow one.
 """
 
 from __future__ import annotations
