@@ -5,6 +5,7 @@
 #include <memory>
 #include <vector>
 
+#include "f16.h"
 #include "kernels/kernels.h"
 #include "weight_memory.h"
 
@@ -13,8 +14,11 @@ namespace tritlm {
 struct PackedWeights {
   kernels::Format format = kernels::Format::kTernary;
   int64_t n = 0, k = 0, group_blocks = 0;
-  WeightVector<uint8_t> codes;  // code_bytes(format, n, k), unless the codes are borrowed
-  WeightVector<float> scales;   // padded_rows(format, n) * groups(), laid out by scale_index
+  WeightVector<uint8_t> codes;         // code_bytes(format, n, k), unless the codes are borrowed
+  // padded_rows(format, n) * groups() scales laid out by scale_index: f32 for the ternary
+  // format, IEEE binary16 for the binary one (kernels.h); the other vector is empty.
+  WeightVector<float> scales;
+  WeightVector<uint16_t> half_scales;
   // Codes already in the run-time layout in memory someone else owns (a memory-mapped I2_S
   // tensor), viewed rather than copied; `owner` keeps that memory alive.
   const uint8_t* borrowed = nullptr;
@@ -23,10 +27,15 @@ struct PackedWeights {
   const uint8_t* code_data() const { return borrowed ? borrowed : codes.data(); }
   int64_t groups() const { return k / (group_blocks * kernels::kBlock); }
   int64_t code_bytes() const { return kernels::code_bytes(format, n, k); }
-  int64_t nbytes() const { return code_bytes() + static_cast<int64_t>(scales.size() * sizeof(float)); }
-  float scale(int64_t r, int64_t g) const { return scales[kernels::scale_index(format, groups(), r, g)]; }
+  int64_t nbytes() const {
+    return code_bytes() + static_cast<int64_t>(scales.size() * sizeof(float) + half_scales.size() * sizeof(uint16_t));
+  }
+  float scale(int64_t r, int64_t g) const {
+    const int64_t i = kernels::scale_index(format, groups(), r, g);
+    return format == kernels::Format::kTernary ? scales[i] : fp16_to_f32(half_scales[i]);
+  }
   kernels::WeightView view() const {
-    return {format, code_data(), scales.data(), n, k, group_blocks};
+    return {format, code_data(), scales.data(), half_scales.data(), n, k, group_blocks};
   }
 };
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -57,6 +58,23 @@ void pack_row(PackedWeights& w, int64_t r, const int8_t* v) {
   }
 }
 
+// Why a group's scale cannot be stored, or an empty string. The binary format keeps its scales
+// as binary16 (rounded to nearest even), so a scale must round to a finite half, and a nonzero
+// one to a nonzero half: anything else would silently change the weights' magnitude.
+std::string check_scale(Format f, int64_t g, float scale) {
+  if (!std::isfinite(scale)) return "scale of group " + str(g) + " is not finite";
+  if (f == Format::kBinary) {
+    const uint16_t h = f32_to_fp16(scale);
+    if ((h & 0x7c00) == 0x7c00 || (scale != 0.0f && (h & 0x7fff) == 0)) {
+      char value[32];
+      std::snprintf(value, sizeof value, "%g", scale);
+      return "scale of group " + str(g) + " (" + value +
+             ") is outside binary16's range, in which the binary format stores scales";
+    }
+  }
+  return {};
+}
+
 // Decodes row r of a source into k int8 weights and its group scales; returns an error message
 // or an empty string.
 using RowDecoder = std::function<std::string(int64_t r, int8_t* values, float* scales)>;
@@ -71,7 +89,11 @@ PackedWeights build(const char* what, Format f, int64_t n, int64_t k, int64_t gr
   w.k = k;
   w.group_blocks = group_blocks;
   w.codes.assign(w.code_bytes(), 0);
-  w.scales.assign(kernels::padded_rows(f, n) * w.groups(), 0.0f);
+  const int64_t n_scales = kernels::padded_rows(f, n) * w.groups();
+  if (f == Format::kTernary)
+    w.scales.assign(n_scales, 0.0f);
+  else
+    w.half_scales.assign(n_scales, 0);
   constexpr int64_t kRowsPerTask = 64;
   std::mutex error_mutex;
   int64_t error_row = n;
@@ -81,8 +103,7 @@ PackedWeights build(const char* what, Format f, int64_t n, int64_t k, int64_t gr
     std::vector<float> scales(w.groups());
     for (int64_t r = task * kRowsPerTask; r < std::min(n, (task + 1) * kRowsPerTask); ++r) {
       std::string e = decode(r, values.data(), scales.data());
-      for (int64_t g = 0; e.empty() && g < w.groups(); ++g)
-        if (!std::isfinite(scales[g])) e = "scale of group " + str(g) + " is not finite";
+      for (int64_t g = 0; e.empty() && g < w.groups(); ++g) e = check_scale(f, g, scales[g]);
       if (!e.empty()) {
         std::lock_guard<std::mutex> lock(error_mutex);
         if (r < error_row) {
@@ -92,7 +113,13 @@ PackedWeights build(const char* what, Format f, int64_t n, int64_t k, int64_t gr
         return;
       }
       pack_row(w, r, values.data());
-      for (int64_t g = 0; g < w.groups(); ++g) w.scales[kernels::scale_index(f, w.groups(), r, g)] = scales[g];
+      for (int64_t g = 0; g < w.groups(); ++g) {
+        const int64_t i = kernels::scale_index(f, w.groups(), r, g);
+        if (f == Format::kTernary)
+          w.scales[i] = scales[g];
+        else
+          w.half_scales[i] = f32_to_fp16(scales[g]);
+      }
     }
   });
   if (!error.empty()) throw std::invalid_argument(std::string(what) + ": row " + str(error_row) + ": " + error);

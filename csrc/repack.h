@@ -12,7 +12,7 @@
 namespace tritlm {
 
 // An int8 matrix w[n, k] of {-1, 0, 1} (ternary) or {-1, 1} (binary) with f32 scales
-// [n, k / (group_blocks * 128)].
+// [n, k / (group_blocks * 128)]; the binary format rounds them to binary16 (kernels.h).
 PackedWeights pack_int8(kernels::Format format, const int8_t* w, int64_t n, int64_t k, const float* scales,
                         int64_t group_blocks, int n_threads);
 
@@ -28,7 +28,7 @@ PackedWeights repack_q1_0(const uint8_t* data, size_t size, int64_t n, int64_t k
 PackedWeights repack_hf_packed(const uint8_t* packed, int64_t packed_rows, int64_t k, float weight_scale,
                                int n_threads);
 
-// The inverse of pack_int8: w[n, k] and scales[n, groups].
+// The inverse of pack_int8: w[n, k] and scales[n, groups] (as stored: a binary matrix's rounded).
 void unpack(const PackedWeights& w, int8_t* values, float* scales);
 
 }  // namespace tritlm

@@ -159,6 +159,13 @@ def encode_runtime_binary(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(byte.reshape(tiles, TILE, k // 8).transpose(0, 2, 1))
 
 
+def runtime_scales(fmt: str, scales) -> np.ndarray:
+    """The float32 scales [n, groups] as the run-time layout stores them: the binary format keeps
+    binary16 (rounded to nearest even, as numpy's float16 cast rounds), the ternary one float32."""
+    s = np.asarray(scales, dtype=np.float32)
+    return s.astype(np.float16).astype(np.float32) if fmt == "binary" else s
+
+
 def decode_runtime_binary(codes: np.ndarray, n: int) -> np.ndarray:
     codes = np.asarray(codes, dtype=np.uint8)
     tiles, kb, _ = codes.shape

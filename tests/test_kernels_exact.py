@@ -4,6 +4,7 @@ qemu by test_neon_qemu.py)."""
 
 from __future__ import annotations
 
+import formats as F  # tests/formats.py
 import numpy as np
 import pytest
 
@@ -75,7 +76,7 @@ def test_simd_equals_scalar_and_float64(fmt: str, batch: int, n: int, k: int, gr
         assert_bits_equal(kernels.quantize_activations(x, isa=isa).q, a.q, f"{isa} quantize")
         assert_bits_equal(kernels.matmul(packed, a, isa=isa), y_scalar, f"{isa} matmul")
         assert_bits_equal(kernels.matmul(packed, a, isa=isa, n_threads=2), y_scalar, f"{isa} matmul 2 threads")
-    ref, magnitude = reference(w, scales, a)
+    ref, magnitude = reference(w, F.runtime_scales(fmt, scales), a)
     if grouping == "block":
         # Group partial sums are added in f32, so the error scales with the terms, not the result.
         np.testing.assert_array_less(np.abs(y_scalar - ref), 1e-5 * magnitude + 1e-30)

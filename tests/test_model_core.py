@@ -3,6 +3,7 @@ independent float64 numpy transformer, KV-cached against full recompute, and bad
 
 from __future__ import annotations
 
+import formats as F  # tests/formats.py
 import numpy as np
 import pytest
 
@@ -44,7 +45,8 @@ def random_model(config: dict, seed: int = 0, binary: bool = False) -> tuple[dic
                 w = rng.integers(-1, 2, size=(out, inp), dtype=np.int8)
             scale = np.float32(rng.uniform(0.01, 0.05))
             packed[p + name] = (kernels.pack_binary if binary else kernels.pack_ternary)(w, scale)
-            ref[p + name] = w.astype(np.float64) * float(scale)
+            stored = F.runtime_scales("binary" if binary else "ternary", scale)  # binary: as binary16
+            ref[p + name] = w.astype(np.float64) * float(stored)
     return packed, ref
 
 

@@ -2,7 +2,8 @@
 
 For every source layout: random weights are encoded by formats.py, repacked by tritlm, and
   * ``PackedWeights.codes`` must equal formats.py's encoding of the run-time layout,
-  * ``unpack()`` must give back the same ternary/binary values and exactly the same f32 scales,
+  * ``unpack()`` must give back the same ternary/binary values and exactly the scales stored (f32
+    for ternary, rounded to binary16 for binary),
   * ``kernels.matmul`` must agree with a float64 evaluation of dequantized(W) @ (q / s).
 GGUF data written by gguf-py (``gguf.quants.quantize``) is a second, outside encoder, and
 ``gguf.quants.dequantize`` an outside decoder for formats.py itself. docs/formats.md describes
@@ -51,7 +52,8 @@ def random_activations(rng: np.random.Generator, b: int, k: int) -> np.ndarray:
 
 
 def check_packed(pw, fmt: str, w: np.ndarray, scales: np.ndarray, group_size: int) -> None:
-    """pw holds exactly w (int8) with f32 scales [n, groups] in tritlm's run-time layout."""
+    """pw holds exactly w (int8) with scales [n, groups] (binary16 for binary) in tritlm's run-time
+    layout."""
     n, k = w.shape
     assert pw.format == fmt
     assert (pw.n, pw.k, pw.group_size) == (n, k, group_size)
@@ -69,10 +71,11 @@ def check_packed(pw, fmt: str, w: np.ndarray, scales: np.ndarray, group_size: in
     np.testing.assert_array_equal(got_w, w)
     assert got_s.dtype == np.float32 and got_s.shape == (n, k // group_size)
     # exact: bit patterns, so -0.0 / +0.0 and every ulp count
-    np.testing.assert_array_equal(got_s.view(np.uint32), np.asarray(scales, dtype=np.float32).view(np.uint32))
+    np.testing.assert_array_equal(got_s.view(np.uint32), F.runtime_scales(fmt, scales).view(np.uint32))
     np.testing.assert_array_equal(np.asarray(pw.scales), got_s)
-    stored_rows = codes.shape[0] * F.TILE if fmt == "binary" else n  # binary rows pad to whole tiles
-    assert pw.nbytes == codes.nbytes + stored_rows * got_s.shape[1] * 4
+    # binary rows pad to whole tiles, and a binary scale is 2 bytes
+    stored_scales, scale_bytes = (codes.shape[0] * F.TILE, 2) if fmt == "binary" else (n, 4)
+    assert pw.nbytes == codes.nbytes + stored_scales * got_s.shape[1] * scale_bytes
 
 
 def check_matmul(pw, w: np.ndarray, scales: np.ndarray, rng: np.random.Generator, b: int = 3) -> None:
@@ -409,7 +412,7 @@ def test_pack_round_trip(fmt, form, n, k):
         scales = rng.uniform(-2.0, 2.0, size=(n, k // group_size)).astype(np.float32)
         pw = pack(w, scales, group_size=group_size)
     check_packed(pw, fmt, w, scales, group_size)
-    check_matmul(pw, w, scales, rng)
+    check_matmul(pw, w, F.runtime_scales(fmt, scales), rng)
 
 
 @pytest.mark.parametrize("group_size", [256, 512, 1280])
@@ -603,3 +606,17 @@ def test_pack_bad_input():
         kernels.pack_ternary(w, np.ones(3, np.float32))
     with pytest.raises((TypeError, ValueError), match="w|int8|dtype"):
         kernels.pack_ternary(w.astype(np.float32), 1.0)
+
+
+def test_pack_binary_scale_range():
+    """The binary format stores binary16 scales: a scale that would overflow to infinity or
+    flush to zero is refused, naming the group; binary16's extremes are kept exactly."""
+    w = np.ones((2, 256), np.int8)
+    for scale in (70000.0, -1e9, 1e-9):
+        with pytest.raises(ValueError, match=r"row 0: scale of group 0 .*binary16"):
+            kernels.pack_binary(w, scale)
+    scales = np.array([[65504.0, 2.0 ** -24], [-6.1e-5, 0.0]], np.float32)  # max, least subnormal
+    got = kernels.pack_binary(w, scales, group_size=128).scales
+    np.testing.assert_array_equal(got, F.runtime_scales("binary", scales))
+    assert got[0, 1] == 2.0 ** -24 and got[1, 1] == 0.0
+    kernels.pack_ternary(w, 1e9)  # f32 scales: no such limit

@@ -471,7 +471,7 @@ TRITLM_INLINE void binary_tile(const WeightView& w, const ActView& a, int64_t ti
                                int64_t ldy) {
   const int64_t nblocks = w.k / kBlock, gb = w.group_blocks, groups = w.groups(), lut_row = lut_bytes(a.k);
   const uint8_t* codes = w.codes + tile * kTileRows * (w.k / 8);
-  const float* scales = w.scales + tile * groups * kTileRows;
+  const uint16_t* scales = w.half_scales + tile * groups * kTileRows;
   __m256 acc[BT][4];
   TRITLM_UNROLL for (int t = 0; t < BT; ++t) {
     for (int j = 0; j < 4; ++j) acc[t][j] = _mm256_setzero_ps();
@@ -499,15 +499,17 @@ TRITLM_INLINE void binary_tile(const WeightView& w, const ActView& a, int64_t ti
         isum[t][3] = _mm256_add_epi32(isum[t][3], _mm256_cvtepi16_epi32(_mm256_extracti128_si256(hi[t], 1)));
       }
     }
-    const float* sg = scales + g * kTileRows;
-    // This group's scales as many groups ahead as the codes' prefetch is blocks ahead.
-    const char* next_scales = reinterpret_cast<const char*>(sg + kPrefetchAhead / (kBlock / 8));
-    for (int l = 0; l < kTileRows * 4; l += 64) _mm_prefetch(next_scales + l, _MM_HINT_T1);
+    // This group's 32 binary16 scales (one 64-byte line), widened exactly by vcvtph2ps; and the
+    // line as many groups ahead as the codes' prefetch is blocks ahead.
+    const uint16_t* sg = scales + g * kTileRows;
+    _mm_prefetch(reinterpret_cast<const char*>(sg + kPrefetchAhead / (kBlock / 8)), _MM_HINT_T1);
+    __m256 scale[4];
+    for (int j = 0; j < 4; ++j) scale[j] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sg + 8 * j)));
     TRITLM_UNROLL for (int t = 0; t < BT; ++t) {
       const __m256i qs = _mm256_set1_epi32(q_sum[t]);
       for (int j = 0; j < 4; ++j) {
         const __m256i v = _mm256_sub_epi32(_mm256_add_epi32(isum[t][j], isum[t][j]), qs);
-        const __m256 term = _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_loadu_ps(sg + 8 * j));
+        const __m256 term = _mm256_mul_ps(_mm256_cvtepi32_ps(v), scale[j]);
         acc[t][j] = _mm256_add_ps(acc[t][j], term);
       }
     }

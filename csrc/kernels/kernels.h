@@ -62,19 +62,22 @@ inline int weight_at(Format f, const uint8_t* codes, int64_t k, int64_t r, int64
 
 // Index of row r's scale for group g among a matrix's scales: row-major [n, groups] for the
 // ternary format, [tile][group][32] for the binary one (so a tile's 32 scales of a group are
-// one contiguous vector for the lookup-table kernels' epilogues).
+// one contiguous vector, a 64-byte line, for the lookup-table kernels' epilogues).
 constexpr int64_t scale_index(Format f, int64_t groups, int64_t r, int64_t g) {
   return f == Format::kTernary ? r * groups + g : (r / kTileRows * groups + g) * kTileRows + r % kTileRows;
 }
 
-// A packed weight matrix W[n, k]. Scales are f32, k / (group_blocks * 128) groups a row: the
-// weights of row r in group g are multiplied by scales[scale_index(format, groups, r, g)]. A
+// A packed weight matrix W[n, k], k / (group_blocks * 128) scale groups a row: the weights of
+// row r in group g are multiplied by the scale at scale_index(format, groups, r, g). A
 // per-tensor scale is stored as one group per row (group_blocks = k / 128) holding the same
-// value in every row.
+// value in every row. The ternary format's scales are f32 (`scales`). The binary format's are
+// IEEE binary16 (`half_scales`), as GGUF Q1_0 stores them: a 128-weight block is then 18 bytes,
+// as in the file, and decode, which streams every byte once, reads 10% less than with f32.
 struct WeightView {
   Format format;
   const uint8_t* codes;
-  const float* scales;
+  const float* scales;          // ternary only
+  const uint16_t* half_scales;  // binary only
   int64_t n;
   int64_t k;
   int64_t group_blocks;

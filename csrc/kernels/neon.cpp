@@ -362,7 +362,7 @@ inline void binary_tile(const WeightView& w, const ActView& a, int64_t tile, int
                         int64_t ldy) {
   const int64_t nblocks = w.k / kBlock, gb = w.group_blocks, groups = nblocks / gb, lut_row = lut_bytes(a.k);
   const uint8_t* codes = w.codes + tile * kTileRows * (w.k / 8);
-  const float* scales = w.scales + tile * groups * kTileRows;
+  const uint16_t* scales = w.half_scales + tile * groups * kTileRows;
   // 2 * sum(T) = 2 * sum(T') - 2 * 512 per quad; the arithmetic is modulo 2^32 (the true isum
   // fits int32 whatever the K).
   const uint32_t bias = static_cast<uint32_t>(2 * kLutBias * kQuadsPerBlock) * static_cast<uint32_t>(gb);
@@ -399,15 +399,19 @@ inline void binary_tile(const WeightView& w, const ActView& a, int64_t tile, int
         }
       }
     }
-    // scalar.cpp's epilogue, four rows at a time: multiply, round, then add.
-    const float* sg = scales + g * kTileRows;
+    // scalar.cpp's epilogue, four rows at a time: widen the binary16 scales (exact), multiply,
+    // round, then add.
+    const uint16_t* sg = scales + g * kTileRows;
+    float32x4_t scale[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) scale[i] = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(sg + 4 * i)));
 #pragma GCC unroll 4
     for (int t = 0; t < BT; ++t) {
       const uint32x4_t correction = vdupq_n_u32(bias + q_sum[t]);
 #pragma GCC unroll 8
       for (int i = 0; i < 8; ++i) {
         const int32x4_t v = vreinterpretq_s32_u32(vsubq_u32(vshlq_n_u32(isum[t][i], 1), correction));
-        const float32x4_t term = vmulq_f32(vcvtq_f32_s32(v), vld1q_f32(sg + 4 * i));
+        const float32x4_t term = vmulq_f32(vcvtq_f32_s32(v), scale[i]);
         acc[t][i] = vaddq_f32(acc[t][i], term);
       }
     }

@@ -80,7 +80,11 @@ def pack_ternary(
 def pack_binary(
     w: np.ndarray, scale: Scale, *, group_size: int | None = None, n_threads: int | None = None
 ) -> PackedWeights:
-    """Pack an int8 matrix of {-1, 1} (1 bit per weight) with its scales, as pack_ternary."""
+    """Pack an int8 matrix of {-1, 1} (1 bit per weight) with its scales, as pack_ternary.
+
+    The scales are stored as binary16, as GGUF Q1_0 stores them (rounded to nearest even), so
+    that decode streams 18 bytes per 128 weights rather than 20; a scale that would overflow
+    binary16 or, nonzero, round to zero raises ValueError."""
     return _pack(w, scale, group_size, True, n_threads)
 
 

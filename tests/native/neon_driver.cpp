@@ -144,8 +144,10 @@ float random_scale(std::mt19937_64& rng) {
 }
 
 float special_scale(std::mt19937_64& rng) {
-  static const float kSpecials[] = {0.0f, -0.0f, 1e-40f, -3e-42f, FLT_MIN, 3e38f, -3e38f, INFINITY, -INFINITY,
-                                    std::nanf(""), 1.0f, -1.0f};
+  // 65504 is binary16's largest finite value and 3e-6 one of its subnormals (the binary format's
+  // scales are halves).
+  static const float kSpecials[] = {0.0f,      -0.0f,    1e-40f, -3e-42f,       FLT_MIN, 3e38f, -3e38f, INFINITY,
+                                    -INFINITY, std::nanf(""), 1.0f, -1.0f, 65504.0f, -3e-6f};
   constexpr uint64_t kCount = sizeof kSpecials / sizeof kSpecials[0];
   const uint64_t pick = rng() % (2 * kCount);
   return pick < kCount ? kSpecials[pick] : random_scale(rng);
@@ -153,7 +155,8 @@ float special_scale(std::mt19937_64& rng) {
 
 struct MatmulData {
   std::vector<uint8_t> codes;
-  std::vector<float> scales;
+  std::vector<float> scales;          // ternary
+  std::vector<uint16_t> half_scales;  // binary
   std::vector<int8_t> q;
   std::vector<float> s;
   std::vector<int32_t> block_sums;
@@ -166,7 +169,11 @@ MatmulData make_data(const MatmulCase& c, std::mt19937_64& rng) {
   const int64_t blocks = c.k / k::kBlock, groups = blocks / c.group_blocks;
   // Padding rows of the binary layout keep zero codes and zero scales, as the packers leave them.
   d.codes.assign(k::code_bytes(c.format, c.n, c.k), 0);
-  d.scales.assign(k::padded_rows(c.format, c.n) * groups, 0.0f);
+  const bool binary = c.format == k::Format::kBinary;
+  if (binary)
+    d.half_scales.assign(k::padded_rows(c.format, c.n) * groups, 0);
+  else
+    d.scales.assign(k::padded_rows(c.format, c.n) * groups, 0.0f);
   std::vector<int> row(c.k);
   for (int64_t r = 0; r < c.n; ++r) {
     for (int64_t i = 0; i < c.k; ++i) row[i] = weight_value(c, r, rng);
@@ -178,8 +185,13 @@ MatmulData make_data(const MatmulCase& c, std::mt19937_64& rng) {
       }
     }
     for (int64_t g = 0; g < groups; ++g) {
-      d.scales[k::scale_index(c.format, groups, r, g)] =
+      const float v =
           c.scales == ScaleFill::kOne ? 1.0f : c.scales == ScaleFill::kSpecial ? special_scale(rng) : random_scale(rng);
+      const int64_t i = k::scale_index(c.format, groups, r, g);
+      if (binary)
+        d.half_scales[i] = tritlm::f32_to_fp16(v);
+      else
+        d.scales[i] = v;
     }
   }
   d.q.resize(c.rows * c.k);
@@ -202,7 +214,7 @@ MatmulData make_data(const MatmulCase& c, std::mt19937_64& rng) {
       d.block_sums[b * blocks + blk] = sum;
     }
   }
-  d.w = k::WeightView{c.format, d.codes.data(), d.scales.data(), c.n, c.k, c.group_blocks};
+  d.w = k::WeightView{c.format, d.codes.data(), d.scales.data(), d.half_scales.data(), c.n, c.k, c.group_blocks};
   d.a = k::ActView{d.q.data(), d.s.data(), d.block_sums.data(), c.rows, c.k};
   return d;
 }
