@@ -404,12 +404,14 @@ void build_lut(const int8_t* q, int64_t k, uint8_t* lut) {
 // few misses in flight on this stream (on Zen 4 it stops helping once the loads that hit L1 span
 // more than two 4 KiB pages, as the tables do: a stream benchmark fell from 32 to 12 GB/s on one
 // core), so the software prefetches are what keeps memory busy:
-// one line a line of codes, 4 KiB ahead (the 196 linears of Bonsai-1.7B, 2 threads: 12.6 ->
-// 10.0 ms against none; prefetching every other line is as slow as none; 1-2 KiB ahead is worse,
-// 6-16 KiB no better). Issued as the lookups go, one per line, not eight at a block's start:
-// 72-78% -> 76-81% of the probe on two threads, 56-60% -> 61-66% on one. Past the matrix's end
-// they are harmless: prefetches never fault.
-constexpr int64_t kPrefetchAhead = 4096;
+// one line a line of codes, 8 KiB ahead. At 4 KiB ahead (the 196 linears of Bonsai-1.7B,
+// 2 threads: 12.6 -> 10.0 ms against none; every other line is as slow as none; 1-2 KiB ahead is
+// worse) one core drew 20.6 GB/s streaming a 4096-column matrix from memory, at 8-16 KiB
+// 22.4-23.2 (32 KiB: 22.6; into L1 with T0 instead of L2: 12.9), and Bonsai-8B decode ran 3-7%
+// faster, alternating in one process (1.7B: no change). Issued as the lookups go, one per line,
+// not eight at a block's start: 72-78% -> 76-81% of the probe on two threads, 56-60% -> 61-66%
+// on one. Past the matrix's end they are harmless: prefetches never fault.
+constexpr int64_t kPrefetchAhead = 8192;
 
 TRITLM_INLINE void prefetch_codes(const uint8_t* codes, int j) {
   if (j % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(codes + 32 * j + kPrefetchAhead), _MM_HINT_T1);
@@ -531,7 +533,7 @@ void matmul_binary(const WeightView& w, const ActView& a, int64_t r0, int64_t r1
 #else
   constexpr int kWide = 4;
 #endif
-  // The first tiles' codes, which the prefetches 4 KiB ahead in binary_block never cover.
+  // The first tiles' codes, which the prefetches 8 KiB ahead in binary_block never cover.
   const char* start = reinterpret_cast<const char*>(w.codes + r0 * (w.k / 8));
   for (int64_t l = 0; l < kPrefetchAhead; l += 64) _mm_prefetch(start + l, _MM_HINT_T1);
   for (int64_t tile = r0 / kTileRows; tile * kTileRows < r1; ++tile) {
