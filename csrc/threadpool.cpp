@@ -5,6 +5,8 @@
 #include <set>
 #include <utility>
 
+#include "prefetch.h"
+
 #if defined(__linux__)
 #include <sched.h>
 
@@ -126,14 +128,6 @@ struct Deferred {
 };
 thread_local Deferred t_deferred;
 
-void prefetch_l2(const char* p) {
-#if defined(__GNUC__) || defined(__clang__)
-  __builtin_prefetch(p, 0, 2);
-#elif defined(_M_X64)
-  _mm_prefetch(p, _MM_HINT_T1);
-#endif
-}
-
 }  // namespace
 
 void ThreadPool::prefetch_after_job(const void* p, int64_t bytes) {
@@ -171,7 +165,7 @@ void ThreadPool::worker_loop(int index, uint64_t seen) {
     // The prefetch a task asked for, a line at a time; a new job takes precedence.
     for (int64_t off = 0; off < t_deferred.bytes; off += 64) {
       if (off % 4096 == 0 && generation_.load(std::memory_order_relaxed) != gen) break;
-      prefetch_l2(t_deferred.p + off);
+      prefetch_line_l2(t_deferred.p + off);
     }
     t_deferred.bytes = 0;
     idle_since = clock::now();

@@ -21,6 +21,7 @@
 #include "f16.h"
 #include "kernels/dispatch.h"
 #include "model/model.h"
+#include "prefetch.h"
 #include "threadpool.h"
 
 namespace tritlm::model {
@@ -268,6 +269,19 @@ void softmax(float* s, int len, float scale) {
   for (int p = 0; p < len; ++p) s[p] /= sum;
 }
 
+// Asks for the first 32 KiB of a kv head's keys and values (positions from `base`) at once. A
+// short cache otherwise comes from memory a miss after another at the start of each stream, the
+// values' only once the keys are done: Bonsai-1.7B decode from an empty context ran 2-7% faster
+// with this (alternating processes), unchanged at 512 and 2048 positions, where the kernels'
+// streams run long enough to ramp up; asking for the whole cache there evicted it before use
+// (-15 to -30%).
+void prefetch_kv_start(const KvCache& kv, size_t base, int len, int hd) {
+  constexpr int64_t kBytes = int64_t{32} << 10;
+  const int64_t elem = kv.f16 ? 2 : 4, bytes = std::min(kBytes, int64_t{len} * hd * elem);
+  prefetch_l2(kv.f16 ? static_cast<const void*>(kv.k16.get() + base) : kv.k32.get() + base, bytes);
+  prefetch_l2(kv.f16 ? static_cast<const void*>(kv.v16.get() + base) : kv.v32.get() + base, bytes);
+}
+
 // Causal attention of each token over its own sequence's cache (positions 0..pos), one task per
 // (token, kv head): query heads g * group .. (g + 1) * group - 1 read kv head g, so its keys and
 // values come from memory once for the group (they are cold: a decode step streams hundreds
@@ -286,6 +300,7 @@ void attention(const Config& c, int layer, const std::vector<Row>& rows, const s
     const size_t base = kv.offset(layer, g, 0);
     const size_t first = t * c.n_heads + static_cast<size_t>(g) * group;  // the group's first query head
     std::vector<float> score(static_cast<size_t>(group) * len);  // [query head of the group][position]
+    prefetch_kv_start(kv, base, len, hd);
     if (kv.f16) {
       kt.matvec_f16(kv.k16.get() + base, hd, q.data() + first * hd, group, 0, len, score.data(), len);
     } else {
