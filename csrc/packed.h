@@ -34,6 +34,14 @@ struct PackedWeights {
     const int64_t i = kernels::scale_index(format, groups(), r, g);
     return format == kernels::Format::kTernary ? scales[i] : fp16_to_f32(half_scales[i]);
   }
+  // Stores v as row r's scale of group g (the binary format rounds it to the nearest half).
+  void set_scale(int64_t r, int64_t g, float v) {
+    const int64_t i = kernels::scale_index(format, groups(), r, g);
+    if (format == kernels::Format::kTernary)
+      scales[i] = v;
+    else
+      half_scales[i] = f32_to_fp16(v);
+  }
   kernels::WeightView view() const {
     return {format, code_data(), scales.data(), half_scales.data(), n, k, group_blocks};
   }

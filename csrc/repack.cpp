@@ -113,13 +113,7 @@ PackedWeights build(const char* what, Format f, int64_t n, int64_t k, int64_t gr
         return;
       }
       pack_row(w, r, values.data());
-      for (int64_t g = 0; g < w.groups(); ++g) {
-        const int64_t i = kernels::scale_index(f, w.groups(), r, g);
-        if (f == Format::kTernary)
-          w.scales[i] = scales[g];
-        else
-          w.half_scales[i] = f32_to_fp16(scales[g]);
-      }
+      for (int64_t g = 0; g < w.groups(); ++g) w.set_scale(r, g, scales[g]);
     }
   });
   if (!error.empty()) throw std::invalid_argument(std::string(what) + ": row " + str(error_row) + ": " + error);
