@@ -13,11 +13,17 @@ before its prompt run and right after its generation run, and its generation is 
 higher of the two: a shared host here switches between a slow and a fast memory state from one
 second to the next, and one best probe over all repeats let a repeat that met a fast state pass
 100% of a slow one.
+
+On a virtual machine the hypervisor also takes the CPUs away now and then: single tokens that
+normally take 8 ms then take 40-200 ms. Linux counts that time as "steal" in /proc/stat, and
+each repeat reports the share of the machine's CPU time stolen while it generated, so that a slow
+repeat can be told from a slow build.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -38,6 +44,7 @@ class EngineFigures:
     pp: list[float] = field(default_factory=list)    # prompt tokens/s, one per repeat
     tg: list[float] = field(default_factory=list)    # generated tokens/s, one per repeat
     tg_bandwidth: list[float] = field(default_factory=list)  # each repeat's yardstick, bytes/s
+    tg_steal: list[float | None] = field(default_factory=list)  # share of CPU time stolen, per repeat
 
     @property
     def roofline(self) -> float:
@@ -61,8 +68,24 @@ class EngineFigures:
             f"{100 * statistics.mean(self.shares):.0f}% of the roofline "
             f"(each repeat against the probes around it; best repeat {100 * max(self.shares):.0f}%)",
             "  repeats: " + ", ".join(f"{tg:.1f} tokens/s at {bw / 1e9:.1f} GB/s = {100 * share:.0f}%"
-                                      for tg, bw, share in zip(self.tg, self.tg_bandwidth, self.shares)),
+                                      + ("" if steal is None else f" (steal {100 * steal:.1f}%)")
+                                      for tg, bw, share, steal in zip(self.tg, self.tg_bandwidth, self.shares,
+                                                                      self.tg_steal)),
         ]
+
+
+def stolen_seconds() -> float | None:
+    """CPU time the hypervisor has taken from this machine's CPUs since boot (all CPUs together),
+    or None where /proc/stat does not say (not Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    # "cpu user nice system idle iowait irq softirq steal ...", in clock ticks
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
 
 
 def kv_bytes_per_position(config: dict) -> int:
@@ -101,10 +124,15 @@ def measure(model: object, config: dict, weight_bytes: int, *, threads: int, pro
         s = _core.Session(model, depth + gen, True, threads)
         if depth:
             s.eval(rng.integers(0, vocab_size, depth).astype(np.int32), "last")
+        stolen = stolen_seconds()
         t = time.perf_counter()
         for tok in rng.integers(0, vocab_size, gen).astype(np.int32):
             s.eval(np.array([tok], np.int32), "last")
-        fig.tg.append(gen / (time.perf_counter() - t))
+        elapsed = time.perf_counter() - t
+        fig.tg.append(gen / elapsed)
+        stolen_after = stolen_seconds()
+        fig.tg_steal.append(None if stolen is None or stolen_after is None
+                            else (stolen_after - stolen) / (elapsed * (os.cpu_count() or 1)))
         after = _core.measure_read_bandwidth(1 << 30, threads, 3)
         fig.tg_bandwidth.append(max(before, after))
         fig.bandwidth = max(fig.bandwidth, before, after)
