@@ -103,9 +103,13 @@ class Spans {
   // (norms, RoPE, quantization), and usually takes that span then.
   void run(const kernels::KernelTable& t, const kernels::ActView& av, int64_t b0, int own) {
     Span& mine = spans_[own];
+    int64_t last = -1;  // one past the last unit this thread computed
     for (;;) {
       int64_t u0, u1;
-      while (take_front(mine, u0, u1)) compute(t, av, b0, u0, u1);
+      while (take_front(mine, u0, u1)) {
+        compute(t, av, b0, u0, u1, u0 == last);
+        last = u1;
+      }
       if (!steal(mine)) break;
     }
     next_.prefetch_start(own);
@@ -157,16 +161,20 @@ class Spans {
     }
   }
 
-  // Units [u0, u1) of the concatenated products, split where one product ends.
-  void compute(const kernels::KernelTable& t, const kernels::ActView& av, int64_t b0, int64_t u0, int64_t u1) const {
+  // Units [u0, u1) of the concatenated products, split where one product ends. `continues`: this
+  // thread computed the units just before u0, so a kernel's prefetches ran ahead into u0's rows
+  // unless a new product starts there.
+  void compute(const kernels::KernelTable& t, const kernels::ActView& av, int64_t b0, int64_t u0, int64_t u1,
+               bool continues) const {
     int64_t start = 0;
     for (size_t i = 0; i < products_.size() && u0 < u1; start = parts_.end_unit[i++]) {
       if (u0 >= parts_.end_unit[i]) continue;
       const Product& p = products_[i];
       const int64_t end = std::min(u1, parts_.end_unit[i]), n = p.w->n;
       const int64_t r0 = (u0 - start) * kernels::kTileRows, r1 = std::min(n, (end - start) * kernels::kTileRows);
-      t.matmul[static_cast<int>(p.w->format)](p.w->view(), av, r0, r1, p.y + b0 * n, n);
+      t.matmul[static_cast<int>(p.w->format)](p.w->view(), av, r0, r1, p.y + b0 * n, n, continues && r0 > 0);
       u0 = end;
+      continues = false;
     }
   }
 

@@ -106,9 +106,11 @@ using QuantizeRowFn = bool (*)(const float* x, int64_t k, int8_t* q, float* s, i
 // y[b * ldy + r] for every activation row b and weight rows r in [r0, r1):
 //   acc = 0.0f; for each group g: acc = acc + float(isum_g) * scale[r, g]   (a multiply then an add,
 //   never fused); y = acc / s[b], where isum_g is the exact int32 sum of W[r, k] * q[b, k] over g.
-// For the binary format, r0 is a multiple of kTileRows and r1 one or n.
+// For the binary format, r0 is a multiple of kTileRows and r1 one or n. `continues`: the calling
+// thread's previous call ended at row r0 of the same matrix, so a kernel that prefetches ahead of
+// its reads has already asked for these rows' first bytes (the result never depends on it).
 using MatmulFn = void (*)(const WeightView& w, const ActView& a, int64_t r0, int64_t r1, float* y,
-                          int64_t ldy);
+                          int64_t ldy, bool continues);
 
 // The binary matmul's lookup tables of one activation row (contents private to the ISA): bytes
 // a row needs for input size k, and the builder from its int8 activations.

@@ -242,7 +242,8 @@ void ternary_row_times_tile(const WeightView& w, const ActView& a, int64_t r, in
   for (int i = 0; i < R; ++i) y[(b0 + i) * ldy + r] = acc[i] / a.s[b0 + i];
 }
 
-void matmul_ternary(const WeightView& w, const ActView& a, int64_t r0, int64_t r1, float* y, int64_t ldy) {
+void matmul_ternary(const WeightView& w, const ActView& a, int64_t r0, int64_t r1, float* y, int64_t ldy,
+                    bool /*continues*/) {
   // Weight row outermost: its packed bytes (K/4) stay in L1 while every activation tile passes
   // over them, so each weight byte comes from memory once per call.
   for (int64_t r = r0; r < r1; ++r) {
@@ -430,7 +431,8 @@ inline void binary_tile(const WeightView& w, const ActView& a, int64_t tile, int
 // Weight tiles outer, activation rows inner, two at a time (the codes' loads and nibble splits
 // then serve both; three would not fit the 32 vector registers): a tile's codes stay in L1
 // while the activation rows' tables stream from L2.
-void matmul_binary(const WeightView& w, const ActView& a, int64_t r0, int64_t r1, float* y, int64_t ldy) {
+void matmul_binary(const WeightView& w, const ActView& a, int64_t r0, int64_t r1, float* y, int64_t ldy,
+                   bool /*continues*/) {
   for (int64_t tile = r0 / kTileRows; tile * kTileRows < r1; ++tile) {
     int64_t b = 0;
     for (; b + 2 <= a.rows; b += 2) binary_tile<2>(w, a, tile, b, r1, y, ldy);

@@ -38,7 +38,7 @@ bool quantize_row(const float* x, int64_t k, int8_t* q, float* s, int32_t* block
 }
 
 template <Format F>
-void matmul(const WeightView& w, const ActView& a, int64_t r0, int64_t r1, float* y, int64_t ldy) {
+void matmul(const WeightView& w, const ActView& a, int64_t r0, int64_t r1, float* y, int64_t ldy, bool /*continues*/) {
   const int64_t groups = w.groups(), gk = w.group_blocks * kBlock;
   for (int64_t r = r0; r < r1; ++r) {
     for (int64_t b = 0; b < a.rows; ++b) {

@@ -244,7 +244,7 @@ void run_matmul_case(const MatmulCase& c, const std::vector<const k::KernelTable
   const int64_t ldy = c.n + 3, size = c.rows * ldy + kTail;
   const int fi = static_cast<int>(c.format);
   std::vector<float> expect(size, float_of(kSentinel));
-  k::kScalarTable.matmul[fi](d.w, d.a, 0, c.n, expect.data(), ldy);
+  k::kScalarTable.matmul[fi](d.w, d.a, 0, c.n, expect.data(), ldy, false);
 
   // Analytic check of the reference itself where the answer is known exactly.
   if (c.scales == ScaleFill::kOne && c.group_blocks == c.k / k::kBlock && c.acts == ActFill::kExtremes &&
@@ -263,13 +263,13 @@ void run_matmul_case(const MatmulCase& c, const std::vector<const k::KernelTable
     k::ActView a = d.a;
     a.lut = lut.empty() ? nullptr : lut.data();
     std::vector<float> got(size, float_of(kSentinel));
-    t->matmul[fi](d.w, a, 0, mid, got.data(), ldy);
+    t->matmul[fi](d.w, a, 0, mid, got.data(), ldy, false);
     // The first call writes weight rows [0, mid) only.
     int strays = 0;
     for (int64_t i = 0; i < size; ++i) strays += i % ldy >= mid && bits_of(got[i]) != kSentinel;
     record(strays == 0, std::string(t->isa) + " matmul " + describe(c) + " writes only [0, " + std::to_string(mid) +
                             ") (" + std::to_string(strays) + " values outside)");
-    t->matmul[fi](d.w, a, mid, c.n, got.data(), ldy);
+    t->matmul[fi](d.w, a, mid, c.n, got.data(), ldy, true);
     int bad = 0;
     for (int64_t i = 0; i < size; ++i) {
       if (bits_of(got[i]) != bits_of(expect[i])) {
