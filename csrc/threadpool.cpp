@@ -147,8 +147,12 @@ void ThreadPool::worker_loop(int index, uint64_t seen) {
     uint64_t gen = generation_.load(std::memory_order_acquire);
     if (gen == seen) {
       if (clock::now() - idle_since < kSpin) {
-        for (int i = 0; i < 64; ++i) TRITLM_PAUSE();
-        std::this_thread::yield();  // let a thread that shares this core run
+        // A job is seen within a pause, not after a batch of them and a yield: the worker then
+        // starts 0.2 us after the caller posts instead of 1.2-1.3 (a standalone test of 2-task
+        // jobs), and Bonsai-1.7B decode runs 1.7% faster (per-token medians, 16 alternating
+        // sessions, 11 faster).
+        for (int i = 0; i < 256 && generation_.load(std::memory_order_relaxed) == seen; ++i) TRITLM_PAUSE();
+        if (generation_.load(std::memory_order_relaxed) == seen) std::this_thread::yield();  // let a thread that shares this core run
         continue;
       }
       std::unique_lock<std::mutex> lock(job_mutex_);
