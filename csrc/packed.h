@@ -30,10 +30,7 @@ struct PackedWeights {
   int64_t nbytes() const {
     return code_bytes() + static_cast<int64_t>(scales.size() * sizeof(float) + half_scales.size() * sizeof(uint16_t));
   }
-  float scale(int64_t r, int64_t g) const {
-    const int64_t i = kernels::scale_index(format, groups(), r, g);
-    return format == kernels::Format::kTernary ? scales[i] : fp16_to_f32(half_scales[i]);
-  }
+  float scale(int64_t r, int64_t g) const { return view().scale(r, g); }
   // Stores v as row r's scale of group g (the binary format rounds it to the nearest half).
   void set_scale(int64_t r, int64_t g, float v) {
     const int64_t i = kernels::scale_index(format, groups(), r, g);

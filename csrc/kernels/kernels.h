@@ -7,6 +7,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "f16.h"
+
 namespace tritlm::kernels {
 
 // Weights per block: every run-time layout is a whole number of 128-weight blocks per row, so
@@ -82,6 +84,11 @@ struct WeightView {
   int64_t k;
   int64_t group_blocks;
   int64_t groups() const { return k / (group_blocks * kBlock); }
+  // Row r's scale of group g, widened to f32 (exactly) from a binary matrix's halves.
+  float scale(int64_t r, int64_t g) const {
+    const int64_t i = scale_index(format, groups(), r, g);
+    return format == Format::kTernary ? scales[i] : fp16_to_f32(half_scales[i]);
+  }
 };
 
 // Activations quantized per row: q[b, k] int8, scale s[b] (x ~= q / s), block_sums[b, k/128]

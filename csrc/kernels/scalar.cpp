@@ -47,9 +47,7 @@ void matmul(const WeightView& w, const ActView& a, int64_t r0, int64_t r1, float
       for (int64_t g = 0; g < groups; ++g) {
         int32_t isum = 0;
         for (int64_t i = g * gk; i < (g + 1) * gk; ++i) isum += weight_at(F, w.codes, w.k, r, i) * q[i];
-        const int64_t si = scale_index(F, groups, r, g);
-        const float scale = F == Format::kTernary ? w.scales[si] : fp16_to_f32(w.half_scales[si]);
-        const float term = static_cast<float>(isum) * scale;
+        const float term = static_cast<float>(isum) * w.scale(r, g);
         acc = acc + term;
       }
       y[b * ldy + r] = acc / a.s[b];
