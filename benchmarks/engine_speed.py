@@ -17,7 +17,9 @@ second to the next, and one best probe over all repeats let a repeat that met a 
 On a virtual machine the hypervisor also takes the CPUs away now and then: single tokens that
 normally take 8 ms then take 40-200 ms. Linux counts that time as "steal" in /proc/stat, and
 each repeat reports the share of the machine's CPU time stolen while it generated, so that a slow
-repeat can be told from a slow build.
+repeat can be told from a slow build. Each repeat also times every token, and its median token
+gives a steady rate that one stolen stretch cannot move (the mean rate can lose 10-25% to one):
+the figure to compare builds by, beside the mean that a user waits for.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import argparse
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +48,7 @@ class EngineFigures:
     tg: list[float] = field(default_factory=list)    # generated tokens/s, one per repeat
     tg_bandwidth: list[float] = field(default_factory=list)  # each repeat's yardstick, bytes/s
     tg_steal: list[float | None] = field(default_factory=list)  # share of CPU time stolen, per repeat
+    tg_steady: list[float] = field(default_factory=list)  # 1 / the median token's time, per repeat
 
     @property
     def roofline(self) -> float:
@@ -55,6 +59,11 @@ class EngineFigures:
     def shares(self) -> list[float]:
         """Each repeat's generation as a fraction of its own roofline."""
         return [tg * self.bytes_per_token / bw for tg, bw in zip(self.tg, self.tg_bandwidth)]
+
+    @property
+    def steady_shares(self) -> list[float]:
+        """Each repeat's steady (median-token) rate as a fraction of its own roofline."""
+        return [tg * self.bytes_per_token / bw for tg, bw in zip(self.tg_steady, self.tg_bandwidth)]
 
     def lines(self) -> list[str]:
         def fmt(xs: list[float]) -> str:
@@ -71,6 +80,9 @@ class EngineFigures:
                                       + ("" if steal is None else f" (steal {100 * steal:.1f}%)")
                                       for tg, bw, share, steal in zip(self.tg, self.tg_bandwidth, self.shares,
                                                                       self.tg_steal)),
+            f"  steady (median token): {fmt(self.tg_steady)} tokens/s = "
+            f"{100 * statistics.mean(self.steady_shares):.0f}% of the roofline; repeats: "
+            + ", ".join(f"{tg:.1f} = {100 * share:.0f}%" for tg, share in zip(self.tg_steady, self.steady_shares)),
         ]
 
 
@@ -94,13 +106,25 @@ def kv_bytes_per_position(config: dict) -> int:
     return 2 * 2 * config["n_layers"] * config["n_kv_heads"] * config["head_dim"]
 
 
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer count of tokens, threads or repeats no smaller than ``minimum``,
+    so that a mistyped count is named at once rather than failing deep inside a run."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
 def add_arguments(ap: argparse.ArgumentParser, threads: int) -> None:
     """The options every engine benchmark takes: what ``measure`` runs, and how often."""
-    ap.add_argument("--threads", type=int, default=threads)
-    ap.add_argument("--prompt", type=int, default=128, help="prompt tokens evaluated in one call (pp)")
-    ap.add_argument("--gen", type=int, default=64, help="tokens generated one at a time (tg)")
-    ap.add_argument("--depth", type=int, default=0, help="positions already in the KV cache when generation starts")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=at_least(1), default=threads)
+    ap.add_argument("--prompt", type=at_least(1), default=128, help="prompt tokens evaluated in one call (pp)")
+    ap.add_argument("--gen", type=at_least(1), default=64, help="tokens generated one at a time (tg)")
+    ap.add_argument("--depth", type=at_least(0), default=0,
+                    help="positions already in the KV cache when generation starts")
+    ap.add_argument("--repeats", type=at_least(1), default=3)
 
 
 def measure(model: object, config: dict, weight_bytes: int, *, threads: int, prompt: int = 128, gen: int = 64,
@@ -125,10 +149,13 @@ def measure(model: object, config: dict, weight_bytes: int, *, threads: int, pro
         if depth:
             s.eval(rng.integers(0, vocab_size, depth).astype(np.int32), "last")
         stolen = stolen_seconds()
+        times = []
         t = time.perf_counter()
         for tok in rng.integers(0, vocab_size, gen).astype(np.int32):
             s.eval(np.array([tok], np.int32), "last")
-        elapsed = time.perf_counter() - t
+            times.append(time.perf_counter())
+        elapsed = times[-1] - t
+        fig.tg_steady.append(1.0 / statistics.median(np.diff([t, *times])))
         fig.tg.append(gen / elapsed)
         stolen_after = stolen_seconds()
         fig.tg_steal.append(None if stolen is None or stolen_after is None
