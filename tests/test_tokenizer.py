@@ -502,3 +502,29 @@ def test_bad_sources_are_refused() -> None:
         Tokenizer(TokenizerSource(bos_id=10**6, **fields))
     with pytest.raises(ModelLoadError, match="cannot be read"):
         Tokenizer(TokenizerSource(tokenizer_json="{not json"))
+
+
+def test_encoding_lets_other_threads_run(bpe_pair) -> None:
+    """A long text is tokenized without holding the GIL: a server's event loop keeps answering
+    while a worker thread encodes a huge prompt."""
+    import threading
+    import time
+
+    _, _, from_json, _ = bpe_pair
+    text = "The quick brown fox, café and 日本語 🎉 " * 40_000  # ~1.5 MB: about a second to encode
+    finished = threading.Event()
+    ids: list[int] = []
+
+    def encode() -> None:
+        ids.extend(from_json.encode(text))
+        finished.set()
+
+    worker = threading.Thread(target=encode)
+    ticks = 0
+    worker.start()
+    while not finished.is_set():
+        time.sleep(0.002)  # would wait for the whole encode if the worker held the GIL
+        ticks += 1
+    worker.join()
+    assert len(ids) > 100_000
+    assert ticks >= 20, f"the main thread ran only {ticks} times while the text was encoded"
