@@ -78,6 +78,33 @@ def test_logprobs_have_the_openai_pieces(llm: tritlm.LLM) -> None:
         assert bytes(entry.bytes) == llm.tokenizer.token_bytes(token)
 
 
+def test_prompt_logprobs_match_the_logits_across_chunks(llm: tritlm.LLM) -> None:
+    # 200 positions: the logits come in two chunks of at most 128
+    ids = np.random.default_rng(5).integers(0, llm.info["config"]["vocab_size"], 200).tolist()
+    logits = llm.eval_logits(ids).astype(np.float64)
+    logp = logits - logits.max(axis=1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+    got = llm.prompt_logprobs(ids, top=3)
+    assert len(got) == len(ids) - 1
+    for pos, (lp, best) in enumerate(got, start=1):
+        row = logp[pos - 1]
+        assert lp == pytest.approx(row[ids[pos]], abs=1e-9)
+        want = np.argsort(-row, kind="stable")[:3]
+        assert [t for t, _ in best] == want.tolist()
+        assert [v for _, v in best] == pytest.approx(row[want].tolist(), abs=1e-9)
+    assert all(best == [] for _, best in llm.prompt_logprobs(ids[:5]))
+    with pytest.raises(ValueError, match="top"):
+        llm.prompt_logprobs(ids, top=-1)
+
+
+def test_top_entries_break_ties_by_id() -> None:
+    from tritlm.llm import _top_entries
+
+    row = np.array([0.5, 2.0, 1.0, 2.0, 1.0, 1.0, -3.0])
+    assert _top_entries(row, 4) == [(1, 2.0), (3, 2.0), (2, 1.0), (4, 1.0)]
+    assert _top_entries(row, 7)[-1] == (6, -3.0) and _top_entries(row, 0) == []
+
+
 def test_prompt_as_token_ids_and_bad_ids(llm: tritlm.LLM) -> None:
     ids = llm.tokenize(PROMPT)
     assert llm.generate(ids, max_tokens=4, temperature=0).token_ids == llm.generate(PROMPT, max_tokens=4, temperature=0).token_ids

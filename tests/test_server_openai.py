@@ -185,6 +185,23 @@ def test_completion_echo_and_legacy_logprobs(client: openai.OpenAI, server: Runn
     assert greedy.logprobs.token_logprobs == pytest.approx(lp.token_logprobs[prompt_tokens:], abs=1e-4)
 
 
+def test_echoed_prompt_logprobs_are_scored_once_for_all_choices(client: openai.OpenAI, server: Running,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = server.served.llm
+    calls = []
+    scored = llm.prompt_logprobs
+    monkeypatch.setattr(llm, "prompt_logprobs", lambda *a, **k: calls.append(a) or scored(*a, **k))
+    prompt = "The quick brown fox"
+    r = client.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=2, n=3, seed=4, echo=True, logprobs=1,
+                                  extra_body={"ignore_eos": True})
+    assert len(calls) == 1 and len(r.choices) == 3
+    n_prompt = len(llm.tokenize(prompt, add_special=False))
+    first = r.choices[0].logprobs
+    for c in r.choices:
+        assert c.logprobs.token_logprobs[:n_prompt] == first.token_logprobs[:n_prompt]
+        assert c.logprobs.top_logprobs[:n_prompt] == first.top_logprobs[:n_prompt]
+
+
 def test_completion_prompts_as_lists_and_token_ids(client: openai.OpenAI, server: Running) -> None:
     ids = server.served.llm.tokenize("Hello, world!")
     r = client.completions.create(model=MODEL_ID, prompt=["Hello, world!", "The dog"], n=2, max_tokens=3, seed=1,

@@ -33,6 +33,16 @@ Message = dict[str, Any]
 STREAM_BUFFER = 32
 
 
+def _top_entries(logp: np.ndarray, top: int) -> list[tuple[int, float]]:
+    """The ``top`` largest entries of ``logp`` as (index, value), largest first, ties by index."""
+    if top == 0:
+        return []
+    threshold = np.partition(logp, logp.size - top)[logp.size - top]
+    candidates = np.flatnonzero(logp >= threshold)  # every tie at the threshold, so the order is exact
+    order = np.lexsort((candidates, -logp[candidates]))[:top]
+    return [(int(candidates[j]), float(logp[candidates[j]])) for j in order]
+
+
 class LLM:
     """A loaded model. ``path`` is a GGUF file or a Hugging Face folder; None (the default) is
     the small model bundled with tritlm (``tritlm.default_model_path()``)."""
@@ -140,6 +150,33 @@ class LLM:
         def run(session: Any) -> np.ndarray:
             session.truncate(0)
             return session.eval(np.asarray(ids, dtype=np.int32), "all")
+
+        return self._scheduler.call(run)
+
+    def prompt_logprobs(self, ids: Sequence[int], top: int = 0) -> list[tuple[float, list[tuple[int, float]]]]:
+        """For each position p >= 1 of ``ids``: log P(ids[p] | ids[:p]) and the ``top`` most
+        likely tokens there as (id, log-probability), most likely first (ties: lower id first).
+
+        The logits go 128 positions at a time, so memory stays at 128 rows of the vocabulary
+        however long the prompt (eval_logits holds every row: 2.5 GB at 4096 positions and a
+        150k vocabulary), and the top entries are chosen by partition, not a sort of each row."""
+        ids = self._prompt_ids(ids)
+        if top < 0:
+            raise ValueError(f"top must be >= 0, got {top}")
+        top = min(top, self._model.vocab_size)
+        chunk = 128
+
+        def run(session: Any) -> list[tuple[float, list[tuple[int, float]]]]:
+            session.truncate(0)
+            out: list[tuple[float, list[tuple[int, float]]]] = []
+            for start in range(0, len(ids) - 1, chunk):  # the last position predicts nothing asked for
+                rows = session.eval(np.asarray(ids[start:start + chunk], dtype=np.int32), "all")
+                for i, row in enumerate(rows[: len(ids) - 1 - start]):
+                    logp = row.astype(np.float64)
+                    logp -= logp.max()
+                    logp -= np.log(np.exp(logp).sum())
+                    out.append((float(logp[ids[start + i + 1]]), _top_entries(logp, top)))
+            return out
 
         return self._scheduler.call(run)
 

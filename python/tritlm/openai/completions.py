@@ -12,7 +12,7 @@ from ..http import EventSender, Request, Response, StreamingResponse, sse_respon
 from ..results import Delta
 from .context import Context, json_response, new_id, note_usage, now, reject_unsupported, stream_guarded, vocab_size
 from .generation import cached_tokens, engine_kwargs, jobs_for, prompt_ids, run_jobs
-from .logprobs import LegacyLogprobs, add_prompt_logprobs
+from .logprobs import LegacyLogprobs, PromptEntry, prompt_logprobs
 from .wire.common import Usage
 from .wire.completions import CompletionChoice, CompletionRequest, CompletionResponse
 
@@ -43,13 +43,16 @@ async def create(ctx: Context, request: Request) -> Response | StreamingResponse
     async def legacy_logprobs() -> list[LegacyLogprobs | None]:
         if req.logprobs is None:
             return [None] * len(jobs)
+        echoed: list[list[PromptEntry]] = [[] for _ in prompts]
+        if req.echo:  # scored once a prompt, not once a choice (n of them)
+            for p, (text, ids) in enumerate(zip(prompts, ids_list, strict=True)):
+                special = await _leading_specials(llm, text, ids)
+                echoed[p] = await anyio.to_thread.run_sync(prompt_logprobs, llm, ids, special, req.logprobs)
         out: list[LegacyLogprobs | None] = []
         for choice in range(len(jobs)):
-            p = prompt_of(choice)
             lp = LegacyLogprobs()
-            if req.echo:
-                special = await _leading_specials(llm, prompts[p], ids_list[p])
-                await anyio.to_thread.run_sync(add_prompt_logprobs, llm, ids_list[p], special, req.logprobs, lp)
+            for entry in echoed[prompt_of(choice)]:
+                lp.add(*entry)
             out.append(lp)
         return out
 

@@ -8,8 +8,6 @@ import codecs
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from ..results import TokenLogprob as EngineLogprob
 from .wire.common import TokenLogprob, TopLogprob
 from .wire.completions import CompletionLogprobs
@@ -57,20 +55,25 @@ class LegacyLogprobs:
         return out
 
 
-def add_prompt_logprobs(llm: Any, ids: list[int], n_special: int, top: int, out: LegacyLogprobs) -> None:
-    """Each echoed prompt token's log-probability given the tokens before it (none for a first
-    token with nothing before it). ``n_special`` leading tokens (BOS) are context, not text.
+PromptEntry = tuple[str, bytes, float | None, dict[str, float] | None]
+
+
+def prompt_logprobs(llm: Any, ids: list[int], n_special: int, top: int) -> list[PromptEntry]:
+    """Each echoed prompt token with its log-probability given the tokens before it (none for a
+    first token with nothing before it), for ``LegacyLogprobs.add``. ``n_special`` leading tokens
+    (BOS) are context, not text. Computed once per prompt, however many choices echo it.
     Blocking: call from a worker thread."""
-    logits = np.asarray(llm.eval_logits(ids), dtype=np.float64)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    def piece(token_id: int) -> tuple[str, bytes]:
+        raw = llm.tokenizer.token_bytes(token_id)
+        return raw.decode("utf-8", errors="replace"), raw
+
+    scored = llm.prompt_logprobs(ids, top) if len(ids) > 1 else []
+    entries: list[PromptEntry] = []
     for pos in range(n_special, len(ids)):
-        raw = llm.tokenizer.token_bytes(ids[pos])
-        piece = raw.decode("utf-8", errors="replace")
+        text, raw = piece(ids[pos])
         if pos == 0:
-            out.add(piece, raw, None, None)
+            entries.append((text, raw, None, None))
             continue
-        row = logp[pos - 1]
-        best = np.argsort(-row, kind="stable")[:top]
-        out.add(piece, raw, float(row[ids[pos]]),
-                {llm.tokenizer.token_bytes(int(t)).decode("utf-8", errors="replace"): float(row[t]) for t in best})
+        logprob, best = scored[pos - 1]
+        entries.append((text, raw, logprob, {piece(t)[0]: lp for t, lp in best}))
+    return entries
