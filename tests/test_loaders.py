@@ -8,8 +8,11 @@ saved master weights. Packed checkpoints are encoded by tests/formats.py, not by
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import shutil
+import signal
+import subprocess
 import sys
 
 import numpy as np
@@ -429,6 +432,57 @@ def test_load_model_dispatch(models, tmp_path):
     other.write_text("hello")
     with pytest.raises(ModelLoadError, match="not a GGUF"):
         load_model(other)
+
+
+_TRUNCATE_AND_READ = """
+import sys
+import numpy as np
+from tritlm.loaders import load_model
+from tritlm.loaders.spec import dense_from_linear
+
+path, use_mmap = sys.argv[1], sys.argv[2] == "mmap"
+spec = load_model(path, use_mmap=use_mmap)
+def checksum():
+    return sum(float(np.abs(np.asarray(w, np.float32) if isinstance(w, np.ndarray) else dense_from_linear(w)).sum())
+               for w in spec.weights.values())
+before = checksum()
+open(path, "r+b").truncate(0)
+print("same" if checksum() == before else "changed")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGBUS on a truncated mapping is Linux's behaviour")
+@pytest.mark.parametrize("use_mmap", [True, False])
+def test_gguf_mapping_and_truncation(models, tmp_path, use_mmap):
+    """The documented contract: by default I2_S codes and F16 tables are views of the file's
+    mapping, so truncating the file kills the process at the next read (llama.cpp's use_mmap
+    behaves the same); with use_mmap=False the weights are copies and outlive the file."""
+    spec = load_hf(models["master"])
+    spec.weights["token_embd"] = spec.weights["token_embd"].astype(np.float16)
+    path = write_gguf(spec, tmp_path / "f16-i2s.gguf", "i2_s")
+    assert load_gguf(path).tensor_types["token_embd"] == "F16"
+    p = subprocess.run([sys.executable, "-c", _TRUNCATE_AND_READ, path, "mmap" if use_mmap else "copy"],
+                       capture_output=True, text=True, timeout=300)
+    if use_mmap:
+        assert p.returncode == -signal.SIGBUS, (p.returncode, p.stdout, p.stderr)
+    else:
+        assert p.returncode == 0 and p.stdout.strip() == "same", (p.stdout, p.stderr)
+
+
+def test_gguf_f16_table_is_a_view_only_with_use_mmap(models, tmp_path):
+    spec = load_hf(models["master"])
+    spec.weights["token_embd"] = spec.weights["token_embd"].astype(np.float16)
+    path = write_gguf(spec, tmp_path / "f16.gguf", "i2_s")
+
+    def mapped(a: np.ndarray) -> bool:
+        while isinstance(a, np.ndarray):
+            a = a.base
+        return isinstance(a, memoryview) and isinstance(a.obj, mmap.mmap)
+
+    assert mapped(load_gguf(path).weights["token_embd"])
+    assert not mapped(load_model(path, use_mmap=False).weights["token_embd"])
+    with pytest.raises(TypeError, match="use_mmap must be a bool"):
+        load_gguf(path, use_mmap="no")
 
 
 def test_spec_shapes_cover_config(models):

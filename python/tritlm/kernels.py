@@ -109,7 +109,8 @@ def repack_i2_s(data: Buffer, n: int, k: int, *, n_threads: int | None = None, i
 
     I2_S codes are tritlm's run-time layout byte for byte, so ``in_place=True`` checks them and
     then uses ``data``'s memory directly (keeping it alive): a memory-mapped file is not copied,
-    and loading needs no second copy of the weights."""
+    and loading needs no second copy of the weights. That memory must then stay unchanged while
+    the weights are used; for a mapped file, the file must not be modified or truncated."""
     return _core.repack_i2_s(_bytes(data), n, k, n_threads, in_place)
 
 

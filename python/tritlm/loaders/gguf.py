@@ -17,8 +17,14 @@ each tensor's offset, alignment and size against the file, and turns every probl
 (``GGML_QUANT_SIZES``), dequantizing F16/BF16/Q8_0/Q6_K/... tensors (``gguf.quants``), and writing
 files (``convert.py``).
 
-The file is memory-mapped while loading; every weight is copied (or repacked) out of the map, and
-the map is closed before ``load_gguf`` returns.
+The file is memory-mapped. By default (``use_mmap=True``, as llama.cpp's ``use_mmap``) the weights
+already in their run-time form are not copied: I2_S codes (tritlm's ternary layout byte for byte)
+and F16 embedding / head tables stay views into the mapping, which lives as long as they do, so the
+file must not be modified or truncated while the model is loaded (a write shows up in the weights;
+a read past a truncated end kills the process with SIGBUS, as in llama.cpp). Deleting the file, or replacing it by renaming another
+over it, is safe: the mapping keeps the old contents. With ``use_mmap=False`` every weight is copied
+out of the map and the map is closed before ``load_gguf`` returns: loading then needs a second
+copy of those tensors at its peak, but the file may change or disappear afterwards.
 """
 
 from __future__ import annotations
@@ -314,10 +320,11 @@ class GGUFFile:
         assert self._map is not None
         return np.frombuffer(self._map, dtype=np.uint8, count=t.nbytes, offset=t.offset)
 
-    def dense(self, t: GGUFTensor, *, keep_f16: bool = False) -> np.ndarray:
+    def dense(self, t: GGUFTensor, *, keep_f16: bool = False, copy: bool = True) -> np.ndarray:
         """The tensor dequantized to a float32 array in numpy order; with keep_f16 an F16 tensor
-        stays float16 and is a read-only view into the map (the embedding and head are the
-        largest tensors: viewing them keeps loading free of a second copy)."""
+        stays float16, and with copy=False too it is a read-only view into the map (the embedding
+        and head are the largest tensors: viewing them keeps loading free of a second copy, but
+        ties them to the file)."""
         from gguf import GGMLQuantizationType, quants
 
         raw = self.raw(t)
@@ -326,7 +333,9 @@ class GGUFFile:
             return raw.view("<f4").reshape(shape).astype(np.float32)  # astype copies
         if t.type_id == GGMLQuantizationType.F16:
             a = raw.view("<f2").reshape(shape)
-            return a if keep_f16 else a.astype(np.float32)
+            if keep_f16:
+                return a.copy() if copy else a
+            return a.astype(np.float32)
         if t.type_id == GGMLQuantizationType.BF16:
             # bfloat16 is the top half of a float32: widen the bits (exact).
             return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32).reshape(shape)
@@ -343,7 +352,7 @@ class GGUFFile:
         if self._map is not None:
             try:
                 self._map.close()
-            except BufferError:  # a view is still alive somewhere; the GC will unmap it
+            except BufferError:  # weights loaded with use_mmap view it: it is unmapped with the last
                 pass
             self._map = None
         if self._file is not None:
@@ -389,9 +398,10 @@ def _unpermute_index(n: int, n_head: int) -> np.ndarray:
 
 
 class _Loader:
-    def __init__(self, f: GGUFFile):
+    def __init__(self, f: GGUFFile, use_mmap: bool):
         self.f = f
         self.path = f.path
+        self.use_mmap = use_mmap
 
     # metadata helpers
     def _get(self, key: str, kinds: tuple, default=None, required: bool = False):
@@ -569,7 +579,7 @@ class _Loader:
         """The embedding or output head as a float table. Q1_0 values (+-d with d an fp16) are
         exactly float16, so they become a float16 table; other types go through dense()."""
         if t.type_id != GGML_TYPE_Q1_0:
-            return self.f.dense(t, keep_f16=True)
+            return self.f.dense(t, keep_f16=True, copy=not self.use_mmap)
         n, k = t.shape
         blocks = self.q1_0_blocks(name, t).reshape(n, k // 128, 18)
         out = np.empty((n, k), dtype=np.float16)
@@ -612,8 +622,9 @@ class _Loader:
                 if idx is not None:
                     codes = data[: n * k // 4].reshape(n, k // 4)[idx].reshape(-1)
                     data = np.concatenate([codes, data[n * k // 4:]])
-                # Viewed in the mapping, not copied: the file's pages are the weights.
-                return kernels.repack_i2_s(data, n, k, in_place=True)
+                # With use_mmap the codes are viewed in the mapping, not copied: the file's
+                # pages are the weights.
+                return kernels.repack_i2_s(data, n, k, in_place=self.use_mmap)
         except ValueError as e:  # invalid codes (e.g. TQ2_0 code 3): the kernels name row/column
             raise _Corrupt(f"tensor {name}.weight ({t.type_name}): {e}") from None
         w = self.f.dense(t)
@@ -677,12 +688,18 @@ class _Loader:
         return src, template, bos, eos_ids, add_bos
 
 
-def load_gguf(path: str | os.PathLike) -> ModelSpec:
-    """Load a GGUF model (bitnet-b1.58, bitnet-25, bitnet, llama or qwen3 architecture)."""
+def load_gguf(path: str | os.PathLike, *, use_mmap: bool = True) -> ModelSpec:
+    """Load a GGUF model (bitnet-b1.58, bitnet-25, bitnet, llama or qwen3 architecture).
+
+    With ``use_mmap`` (the default) I2_S weights and F16 embedding / head tables are views of the
+    file's memory map: the file must not be modified or truncated while the model is loaded (see
+    the module docstring). ``use_mmap=False`` copies them, so the model no longer depends on it."""
+    if not isinstance(use_mmap, bool):
+        raise TypeError(f"use_mmap must be a bool, got {type(use_mmap).__name__}")
     path = os.fspath(path)
     f = read_gguf(path)
     try:
-        return _Loader(f).load()
+        return _Loader(f, use_mmap).load()
     except _Corrupt as e:
         raise ModelLoadError(f"{path}: {e}") from None
     except MemoryError:

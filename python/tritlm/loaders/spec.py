@@ -1,9 +1,11 @@
 """ModelSpec: what a loader hands to the engine (docs/engine.md, "ModelSpec").
 
 A spec holds the architecture config, every weight under its canonical (llama.cpp GGUF) name,
-and the sources the tokenizer and chat-template modules need. Loaders build it; nothing in it
-refers back to the file it came from (no memory maps), so the file may change or disappear
-afterwards.
+and the sources the tokenizer and chat-template modules need. Loaders build it. A GGUF file loaded
+with ``use_mmap=True`` (the default) lends it weights that are views of the file's memory map, so
+that file must stay unmodified while the spec (or a model built from it) is alive; with
+``use_mmap=False``, and for Hugging Face folders, every weight is a copy and the files may change or
+disappear afterwards.
 """
 
 from __future__ import annotations
