@@ -315,6 +315,43 @@ def test_wrong_types_and_values_are_400_naming_the_field(client: openai.OpenAI) 
     assert e.value.param == "messages[0].role"
 
 
+GENERATING = {"/v1/chat/completions": {"messages": MESSAGES}, "/v1/completions": {"prompt": "The cat"},
+              "/v1/responses": {"input": "The cat"}}
+
+
+@pytest.mark.parametrize("extra,param", [
+    ({"repetition_penalty": 100.5}, "repetition_penalty"), ({"repetition_penalty": 0.0009}, "repetition_penalty"),
+    ({"top_k": 2**31}, "top_k"), ({"seed": 2**63}, "seed"), ({"seed": -(2**63) - 1}, "seed"),
+    ({"logit_bias": {"\u00b9": 1}}, "logit_bias"), ({"logit_bias": {"-1": 1}}, "logit_bias"),
+])
+def test_values_the_engine_refuses_are_400_before_a_stream_starts(server: Running, extra: dict, param: str) -> None:
+    for path, body in GENERATING.items():
+        r = httpx.post(f"{server.url}{path}", json={"model": MODEL_ID, "max_tokens": 2, **body, **extra, "stream": True})
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (path, extra, r.text)
+
+
+@pytest.mark.parametrize("extra", [
+    {"repetition_penalty": 0.001}, {"repetition_penalty": 100}, {"top_k": 2**31 - 1}, {"seed": 2**63 - 1},
+    {"seed": -(2**63)}, {"top_p": 0}, {"top_p": 1e-50}, {"min_p": 1}, {"temperature": 2},
+    {"presence_penalty": -2, "frequency_penalty": 2}, {"logit_bias": {"0": -100, "1": 100}}, {"max_tokens": 10**30},
+])
+def test_values_at_the_bounds_stream_to_the_end(server: Running, extra: dict) -> None:
+    for path, body in GENERATING.items():
+        limit = {"max_output_tokens" if path == "/v1/responses" else "max_tokens": extra.get("max_tokens", 2)}
+        r = httpx.post(f"{server.url}{path}", json={"model": MODEL_ID, **body, **extra, **limit, "stream": True})
+        assert r.status_code == 200 and r.text.endswith(("[DONE]\n\n", "}}\n\n")), (path, extra, r.text[-300:])
+        assert 'data: {"error"' not in r.text and "event: error" not in r.text, (path, extra)
+
+
+def test_top_p_zero_keeps_only_the_most_likely_token(client: openai.OpenAI) -> None:
+    greedy = client.chat.completions.create(model=MODEL_ID, messages=MESSAGES, max_tokens=12, temperature=0,
+                                            extra_body={"ignore_eos": True}).choices[0].message.content
+    for seed in (1, 2):
+        r = client.chat.completions.create(model=MODEL_ID, messages=MESSAGES, max_tokens=12, temperature=1.5, top_p=0,
+                                           seed=seed, extra_body={"ignore_eos": True, "top_k": 0, "min_p": 0})
+        assert r.choices[0].message.content == greedy
+
+
 def test_unsupported_fields_are_400_naming_the_field(client: openai.OpenAI) -> None:
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
     with pytest.raises(openai.BadRequestError) as e:

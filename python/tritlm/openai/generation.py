@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import numpy as np
 
 from ..errors import ClientDisconnected, ContextOverflowError, RequestError
 from ..results import Completion, Delta
@@ -49,6 +50,10 @@ def engine_kwargs(
             kw[name] = value
     if kw.get("top_k") == -1:
         kw["top_k"] = 0  # vLLM's spelling of "no top-k"
+    if "top_p" in kw and np.float32(kw["top_p"]) == 0:
+        # OpenAI's top_p=0 keeps only the most likely token. The engine wants top_p > 0 in
+        # float32 (where 1e-50 is 0 too); top_k=1 is the same cut, ties to the lower id as greedy.
+        kw["top_p"], kw["top_k"] = 1.0, 1
     if max_tokens is not None:
         kw["max_tokens"] = max_tokens
     kw.setdefault("max_tokens", None)  # until the context is full, as OpenAI's chat default
@@ -65,7 +70,7 @@ def engine_kwargs(
 def _logit_bias(bias: dict[str, float], vocab_size: int) -> dict[int, float]:
     out = {}
     for key, value in bias.items():
-        if not key.lstrip("-").isdigit() or not 0 <= int(key) < vocab_size:
+        if not (key.isascii() and key.isdigit()) or int(key) >= vocab_size:  # "¹" is a digit to isdigit
             raise RequestError(
                 f"Invalid value for 'logit_bias': key {key!r} is not a token id (0..{vocab_size - 1})",
                 param="logit_bias",

@@ -65,17 +65,21 @@ Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 
 class SamplingFields(RequestModel):
     """The sampling parameters every generating endpoint takes (OpenAI's, plus the common
-    extensions llama.cpp and vLLM accept: top_k, min_p, repetition_penalty, ignore_eos)."""
+    extensions llama.cpp and vLLM accept: top_k, min_p, repetition_penalty, ignore_eos).
+
+    The bounds are the engine sampler's own (tritlm._core.Sampler: C ints and floats), or
+    OpenAI's where narrower: the engine checks a request only when its generation starts, after
+    a stream's first event, so a value it would refuse must be a 400 naming the field here."""
 
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
-    top_p: Probability | None = None
-    top_k: Annotated[int, Field(ge=-1)] | None = None  # 0 or -1: no top-k cut
+    top_p: Probability | None = None  # 0: only the most likely token, as OpenAI (engine_kwargs)
+    top_k: Annotated[int, Field(ge=-1, le=2**31 - 1)] | None = None  # 0 or -1: no top-k cut
     min_p: Probability | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | None = None  # OpenAI's int64
     stop: str | list[str] | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
-    repetition_penalty: Annotated[float, Field(gt=0.0)] | None = None
+    repetition_penalty: Annotated[float, Field(ge=0.001, le=100.0)] | None = None
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
     ignore_eos: bool = False
     n: Annotated[int, Field(ge=1, le=128)] = 1
