@@ -184,6 +184,30 @@ def test_invalid_codes_name_the_tensor(base, tmp_path):
     expect_error(patched(base, tmp_path / "code3.gguf", t["data"], b"\xff"), "blk.0.attn_v.weight")
 
 
+def test_non_finite_floats_name_the_tensor_and_row(base, tmp_path):
+    """A NaN or infinity in any float tensor is refused at load, not by the first request that
+    reads it: F16 / BF16 / F32 tensors directly, Q8_0 through a block's scale."""
+    lay = Layout(base)
+    emb = lay.tensor["token_embd.weight"]  # BF16 [300, 256]
+    p = patched(base, tmp_path / "bf16.gguf", emb["data"] + (5 * 256 + 3) * 2, struct.pack("<H", 0xFF80))
+    expect_error(p, r"'token_embd.weight' \(BF16\) has a non-finite value: -inf at row 5, column 3")
+    norm = lay.tensor["output_norm.weight"]  # F32 [256]
+    p = patched(base, tmp_path / "f32.gguf", norm["data"] + 7 * 4, struct.pack("<f", float("nan")))
+    expect_error(p, r"'output_norm.weight' \(F32\) has a non-finite value: nan at index 7")
+    for name, shape, where in (("blk.0.ffn_down.weight", (256, 256), (9, 1)),  # an F16 linear
+                               ("token_embd.weight", (300, 256), (299, 255))):  # an F16 table: a view
+        w = np.ones(shape, dtype=np.float16)
+        w[where] = np.inf
+        p = mf.rewrite_gguf(base, tmp_path / "f16.gguf", tensors={name: (w, None)})
+        expect_error(p, rf"'{name}' \(F16\) has a non-finite value: inf at row {where[0]}, column {where[1]}")
+
+    q8 = gguf.quants.quantize(np.ones((256, 256), dtype=np.float32), gguf.GGMLQuantizationType.Q8_0)
+    q8[2, 34:36] = np.frombuffer(struct.pack("<H", 0x7E00), dtype=np.uint8)  # row 2, block 1: d = NaN
+    p = mf.rewrite_gguf(base, tmp_path / "q8.gguf", tensors={
+        "blk.0.ffn_up.weight": (q8, gguf.GGMLQuantizationType.Q8_0)})
+    expect_error(p, r"'blk.0.ffn_up.weight' \(Q8_0\) has a non-finite value: nan at row 2, column 32")
+
+
 def test_bad_tokenizer_ids(base, tmp_path):
     lay = Layout(base)
     expect_error(patched(base, tmp_path / "bos.gguf", lay.field["tokenizer.ggml.bos_token_id"]["value"],

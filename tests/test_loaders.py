@@ -222,6 +222,24 @@ def test_hf_file_errors(tmp_path, models):
         load_hf(folder)
 
 
+@pytest.mark.parametrize("variant, tensor, index, value, message", [
+    ("master", "model.embed_tokens.weight", (3, 4), float("inf"), r"embed_tokens.weight \(BF16\) has a non-finite value: inf at row 3, column 4"),
+    ("master", "model.layers.1.post_attention_layernorm.weight", (5,), float("nan"), r"post_attention_layernorm.weight \(BF16\) has a non-finite value: nan at index 5"),
+    ("master", "model.layers.0.mlp.up_proj.weight", (0, 0), -float("inf"), r"up_proj.weight \(BF16\) has a non-finite value: -inf at row 0, column 0"),
+    ("packed", "model.layers.0.self_attn.q_proj.weight_scale", (0,), float("nan"), r"q_proj.weight_scale \(F32\) has a non-finite value: nan at index 0"),
+])
+def test_hf_non_finite_floats_are_refused(tmp_path, models, variant, tensor, index, value, message):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "nonfinite"
+    shutil.copytree(models[variant], folder)
+    sd = load_file(str(folder / "model.safetensors"))
+    sd[tensor][index] = value
+    save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match=message):
+        load_hf(folder)
+
+
 def test_hf_missing_and_extra_tensors(tmp_path, models):
     from safetensors.torch import load_file, save_file
 

@@ -46,6 +46,7 @@ from .spec import (
     expected_shapes,
     linear_from_dense,
     make_tokenizer_source,
+    non_finite,
     scale_linear,
     validate_spec,
 )
@@ -324,7 +325,15 @@ class GGUFFile:
         """The tensor dequantized to a float32 array in numpy order; with keep_f16 an F16 tensor
         stays float16, and with copy=False too it is a read-only view into the map (the embedding
         and head are the largest tensors: viewing them keeps loading free of a second copy, but
-        ties them to the file)."""
+        ties them to the file). A NaN or infinity (for Q8_0 / Q6_K, from a block scale) is
+        refused here, naming where it is, rather than found by the first request reading it."""
+        out = self._decode(t, keep_f16, copy)
+        bad = non_finite(out)
+        if bad is not None:
+            raise _Corrupt(f"tensor {t.name!r} ({t.type_name}) has a non-finite value: {bad}")
+        return out
+
+    def _decode(self, t: GGUFTensor, keep_f16: bool, copy: bool) -> np.ndarray:
         from gguf import GGMLQuantizationType, quants
 
         raw = self.raw(t)

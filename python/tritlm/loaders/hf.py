@@ -34,6 +34,7 @@ from .spec import (
     expected_shapes,
     linear_from_dense,
     make_tokenizer_source,
+    non_finite,
     validate_spec,
 )
 
@@ -405,6 +406,9 @@ class _HF:
         arr, dt = self.get(name)
         if dt not in ("F32", "F16", "BF16", "F64"):
             raise _Bad(self.where[name].path, f"tensor {name} has dtype {dt}, expected a float type")
+        bad = non_finite(arr)
+        if bad is not None:
+            raise _Bad(self.where[name].path, f"tensor {name} ({dt}) has a non-finite value: {bad}")
         return arr, dt
 
     def _check(self, name: str, arr: np.ndarray, shape: tuple[int, ...]) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "NORM_NAMES",
     "expected_shapes",
     "make_tokenizer_source",
+    "non_finite",
     "validate_spec",
 ]
 
@@ -170,6 +171,42 @@ def validate_spec(spec: ModelSpec) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# Float tensors
+
+# float itemsize -> (unsigned view, mask clearing the sign, bits of |x| from which x is inf/NaN)
+_FLOAT_BITS = {
+    2: (np.uint16, 0x7FFF, 0x7C00),
+    4: (np.uint32, 0x7FFF_FFFF, 0x7F80_0000),
+    8: (np.uint64, 0x7FFF_FFFF_FFFF_FFFF, 0x7FF0_0000_0000_0000),
+}
+_CHECK_CHUNK = 1 << 22  # elements: an 8-32 MB temporary however large the tensor
+
+
+def non_finite(a: np.ndarray) -> str | None:
+    """Where a float array's first NaN or infinity is ("inf at row 5, column 3"), or None.
+
+    Loaders check every float tensor: a non-finite weight would load silently and fail (or turn
+    every logit NaN) only when a request touches it. The check compares the bits of |x| with the
+    exponent mask, a chunk at a time: ~0.04 s for a 150k x 2048 float16 table, against ~0.4 s
+    for np.isfinite (which widens float16), and no full-size temporary."""
+    if a.dtype.kind != "f" or a.size == 0:
+        return None
+    utype, mask, limit = _FLOAT_BITS[a.dtype.itemsize]
+    bits = np.ravel(a).view(utype)
+    buf = np.empty(min(_CHECK_CHUNK, bits.size), dtype=utype)
+    for start in range(0, bits.size, _CHECK_CHUNK):
+        part = np.bitwise_and(bits[start:start + _CHECK_CHUNK], utype(mask), out=buf[:min(_CHECK_CHUNK, bits.size - start)])
+        if part.max() >= limit:
+            j = int(np.argmax(part >= limit))
+            value = "nan" if part[j] > limit else "-inf" if bits[start + j] != part[j] else "inf"
+            where = tuple(int(x) for x in np.unravel_index(start + j, a.shape))
+            if len(where) == 2:
+                return f"{value} at row {where[0]}, column {where[1]}"
+            return f"{value} at index {where[0] if len(where) == 1 else list(where)}"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
 # Linear weights
 
 
@@ -180,11 +217,12 @@ def linear_from_dense(w: np.ndarray, *, allow_binary: bool = True):
     ternary model stored in F16/BF16/F32/Q8_0 is), it is packed: binary (1 bit) when no value is
     0 and ``allow_binary``, ternary otherwise. Anything else stays a float32 array (a float
     matmul). Packing needs the row length to be a multiple of 128; other weights stay float.
+    ``w`` is finite: the loaders refuse a non-finite tensor (``non_finite``) before this.
     """
     from .. import kernels
 
     w = np.ascontiguousarray(w, dtype=np.float32)
-    if w.ndim != 2 or w.size == 0 or w.shape[1] % 128 or not np.isfinite(w).all():
+    if w.ndim != 2 or w.size == 0 or w.shape[1] % 128:
         return w
     a = np.abs(w)
     s = a.max()
