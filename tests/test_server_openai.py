@@ -16,6 +16,10 @@ import openai
 import pytest
 
 from server_harness import MODEL_ID, Running, config_for, running, tiny_model, with_limits
+from tritlm.openai.wire.chat import ChatCompletionRequest
+from tritlm.openai.wire.completions import CompletionRequest
+from tritlm.openai.wire.embeddings import EmbeddingRequest
+from tritlm.openai.wire.responses import ResponsesRequest
 
 MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "The cat sat on the mat"}]
 
@@ -350,6 +354,19 @@ def test_top_p_zero_keeps_only_the_most_likely_token(client: openai.OpenAI) -> N
         r = client.chat.completions.create(model=MODEL_ID, messages=MESSAGES, max_tokens=12, temperature=1.5, top_p=0,
                                            seed=seed, extra_body={"ignore_eos": True, "top_k": 0, "min_p": 0})
         assert r.choices[0].message.content == greedy
+
+
+@pytest.mark.parametrize("path,cls,body", [
+    ("/v1/chat/completions", ChatCompletionRequest, {"messages": [{"role": "user", "content": "Hi", "name": None}]}),
+    ("/v1/completions", CompletionRequest, {"prompt": "The cat"}),
+    ("/v1/embeddings", EmbeddingRequest, {"input": "The cat"}),
+    ("/v1/responses", ResponsesRequest, {"input": "The cat"}),
+])
+def test_null_for_any_optional_field_means_its_default(server: Running, path: str, cls: type, body: dict) -> None:
+    nulls = {k: None for k, f in cls.model_fields.items() if not f.is_required() and k not in body}
+    assert {"stream", "n", "ignore_eos"} <= set(nulls) or cls is EmbeddingRequest
+    r = httpx.post(f"{server.url}{path}", json={"model": MODEL_ID, **body, **nulls})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json", r.text
 
 
 def test_unsupported_fields_are_400_naming_the_field(client: openai.OpenAI) -> None:

@@ -3,7 +3,9 @@ framing, routing, and the error mapping."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any, get_args
 
 import anyio
 import pytest
@@ -21,6 +23,12 @@ from tritlm.http import Route, Router
 from tritlm.http.sse import encode_event
 from tritlm.openai import AdmissionQueue, classify
 from tritlm.openai.generation import choice_seeds
+from tritlm.openai.wire.chat import ChatCompletionRequest
+from tritlm.openai.wire.common import RequestModel
+from tritlm.openai.wire.completions import CompletionRequest
+from tritlm.openai.wire.embeddings import EmbeddingRequest
+from tritlm.openai.wire.responses import ResponsesRequest
+from tritlm.openai.wire.tokens import DetokenizeRequest, TokenizeRequest
 from tritlm.serve.energy import EnergyMeter
 
 
@@ -129,3 +137,30 @@ def test_choice_seeds() -> None:
     assert choice_seeds(None, 2) == [None, None]
     seeds = choice_seeds(42, 4)
     assert seeds[0] == 42 and len(set(seeds)) == 4 and choice_seeds(42, 4) == seeds
+
+
+REQUIRED = {"model": "m", "messages": [{"role": "user", "content": "x"}], "prompt": "x", "input": "x", "tokens": [1],
+            "role": "user", "content": "x", "type": "text", "text": "x"}
+
+
+def _request_models(annotation: Any) -> set[type[RequestModel]]:
+    """Every request model in a type: ``cls`` and what its fields hold (messages, parts, ...)."""
+    if isinstance(annotation, type) and issubclass(annotation, RequestModel):
+        return {annotation, *(m for f in annotation.model_fields.values() for m in _request_models(f.annotation))}
+    return {m for arg in get_args(annotation) for m in _request_models(arg)}
+
+
+@pytest.mark.parametrize("cls", [ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ResponsesRequest,
+                                 TokenizeRequest, DetokenizeRequest])
+def test_null_means_the_default_for_every_optional_field(cls: type[RequestModel]) -> None:
+    models = _request_models(cls)
+    assert cls is not ChatCompletionRequest or len(models) >= 4  # messages, their parts, stream_options
+    for model in models:
+        required = {k: REQUIRED[k] for k, f in model.model_fields.items() if f.is_required()}
+        optional = [k for k, f in model.model_fields.items() if not f.is_required()]
+        parsed = model.parse(json.dumps({**required, **dict.fromkeys(optional)}).encode())
+        assert parsed == model.parse(json.dumps(required).encode()), model
+    with pytest.raises(RequestError) as e:
+        cls.parse(json.dumps({**{k: REQUIRED[k] for k, f in cls.model_fields.items() if f.is_required()},
+                              "model": None}).encode())
+    assert e.value.param == "model" and e.value.code == "invalid_type"  # a required field's null is still refused

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ...errors import RequestError
 
@@ -13,9 +13,20 @@ from ...errors import RequestError
 class RequestModel(BaseModel):
     """A request body: fields OpenAI defines but this server does not know are ignored (as vLLM
     does, so newer clients keep working); known fields are type-checked strictly (a number sent
-    as a string is an error, as with OpenAI)."""
+    as a string is an error, as with OpenAI); ``null`` for an optional field means its default."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        """OpenAI takes null for every optional field (clients send ``"stream": null`` for
+        unset), so it is dropped here, before the field's own type (often a plain bool) sees it;
+        a required field keeps its null and is refused."""
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {k: v for k, v in data.items() if v is not None or (k in fields and fields[k].is_required())}
 
     @classmethod
     def parse(cls, body: bytes) -> Any:
