@@ -8,6 +8,8 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -15,7 +17,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 import model_factory as mf  # noqa: E402
 
 import tritlm  # noqa: E402
-from tritlm.errors import EngineClosedError, QueueFullError  # noqa: E402
+import tritlm.scheduler  # noqa: E402
+from tritlm.errors import EngineClosedError, GenerationError, QueueFullError  # noqa: E402
+from tritlm.stop import StopMatcher  # noqa: E402
 
 PROMPTS = [
     "In the beginning",
@@ -37,6 +41,27 @@ def folder(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def llm(folder) -> tritlm.LLM:
     return tritlm.LLM(folder, n_ctx=256, max_seqs=8, max_batch_tokens=64)
+
+
+def _returns(fn: Callable[[], Any], timeout: float = 120.0) -> Any:
+    """fn()'s result (or its exception), run in a thread so that a hang fails the test instead of
+    stopping the run; the timeout is far beyond what the call needs, so it never decides a pass."""
+    out: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            out.append((True, fn()))
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            out.append((False, e))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert out, f"the call did not return within {timeout} s (a hang)"
+    ok, value = out[0]
+    if not ok:
+        raise value
+    return value
 
 
 def _kwargs(i: int, llm: tritlm.LLM) -> dict:
@@ -163,3 +188,40 @@ def test_bad_scheduler_settings_name_the_field(folder) -> None:
         tritlm.LLM(folder, max_seqs=0)
     with pytest.raises(ValueError, match="max_batch_tokens"):
         tritlm.LLM(folder, max_seqs=8, max_batch_tokens=4)
+
+
+def test_a_failing_request_ends_alone_and_the_engine_goes_on(folder, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Exploding(StopMatcher):
+        def push(self, text: str) -> tuple[str, bool]:
+            if "BOOM" in self.stops:
+                raise RuntimeError("boom")
+            return super().push(text)
+
+    monkeypatch.setattr(tritlm.scheduler, "StopMatcher", Exploding)
+    llm = tritlm.LLM(folder, n_ctx=256, max_seqs=2)
+    good = llm.stream(PROMPTS[0], max_tokens=8, temperature=0, ignore_eos=True)
+    bad = llm.stream(PROMPTS[1], max_tokens=8, temperature=0, ignore_eos=True, stop=["BOOM"])
+    with pytest.raises(GenerationError, match="RuntimeError: boom") as e:
+        _returns(lambda: list(bad))
+    assert isinstance(e.value.__cause__, RuntimeError)
+    assert len(_returns(lambda: list(good))[-1].completion.token_ids) == 8
+    later = _returns(lambda: llm.generate(PROMPTS[2], max_tokens=3, temperature=0, ignore_eos=True))
+    assert later.usage.completion_tokens == 3
+    llm.close()
+
+
+def test_a_dead_engine_fails_every_call_instead_of_hanging(folder, monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = tritlm.LLM(folder, n_ctx=256, max_seqs=1)
+
+    def broken() -> list:
+        raise RuntimeError("a scheduler bug")
+
+    monkeypatch.setattr(llm._scheduler, "_plan", broken)
+    with pytest.raises(EngineClosedError, match=r"internal error \(RuntimeError: a scheduler bug\)"):
+        _returns(lambda: llm.generate(PROMPTS[0], max_tokens=3))
+    with pytest.raises(EngineClosedError, match="a scheduler bug"):
+        _returns(lambda: llm.generate(PROMPTS[0], max_tokens=3))
+    with pytest.raises(EngineClosedError, match="a scheduler bug"):
+        _returns(lambda: llm.eval_logits(llm.tokenize(PROMPTS[0])))
+    llm.close()
+

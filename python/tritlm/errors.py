@@ -89,3 +89,9 @@ class ModelNotReadyError(TritlmError):
 class ClientDisconnected(TritlmError):
     """The HTTP client closed its connection or stopped reading: nothing more can reach it, and
     whatever works for it (a generation) should stop."""
+
+
+class GenerationError(TritlmError):
+    """The engine failed on one request (its tokens could not be evaluated, or a step of its
+    generation raised): that request ends with this error, the others and the engine go on.
+    The original exception is chained as ``__cause__``."""

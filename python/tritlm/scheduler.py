@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import logging
 import threading
 import weakref
 import time
@@ -29,12 +30,13 @@ from typing import Any, TypeVar
 import numpy as np
 
 from . import _core
-from .errors import ContextOverflowError, EngineClosedError, QueueFullError
+from .errors import ContextOverflowError, EngineClosedError, GenerationError, QueueFullError
 from .results import Completion, Delta, Timings, TokenLogprob, Usage
 from .stop import StopMatcher
 from .tokenizer import IncrementalDecoder, Tokenizer
 
 T = TypeVar("T")
+log = logging.getLogger("tritlm.engine")
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,7 @@ class Scheduler:
         self._running: list[Request] = []
         self._jobs: collections.deque[tuple[Callable[[], Any], list[Any], threading.Event]] = collections.deque()
         self._closed = False
+        self._crash: BaseException | None = None  # what stopped the engine thread, if not close()
         # Counters since start, for monitoring and for tests that check batching happened.
         self._counters = {"steps": 0, "tokens_evaluated": 0, "prompt_tokens_evaluated": 0, "peak_batch_seqs": 0}
         self._thread = threading.Thread(target=self._loop, name="tritlm-engine", daemon=True)
@@ -203,7 +206,7 @@ class Scheduler:
             req.t_submit = time.perf_counter()
         with self._cv:
             if self._closed:
-                raise EngineClosedError("the model is closed")
+                raise self._closed_error(running=False)
             # Requests the free slots will take at the next step boundary do not count as waiting.
             if len(self._waiting) + len(reqs) - self._free_slots() > self.settings.max_waiting:
                 raise QueueFullError(
@@ -231,7 +234,7 @@ class Scheduler:
         done = threading.Event()
         with self._cv:
             if self._closed:
-                raise EngineClosedError("the model is closed")
+                raise self._closed_error(running=False)
             self._jobs.append((lambda: fn(self._aux_session()), box, done))
             self._cv.notify()
         done.wait()
@@ -282,26 +285,47 @@ class Scheduler:
         return any(r.pending is None or r.channel.room() for r in self._running)
 
     def _loop(self) -> None:
-        while True:
-            with self._cv:
-                while not (self._closed or self._jobs or self._runnable()):
-                    self._cv.wait()
-                if self._closed:
-                    break
-                jobs = list(self._jobs)
-                self._jobs.clear()
-                self._drop_cancelled()
-                admitted = self._admit()
-            for fn, box, done in jobs:
-                try:
-                    box.append(fn())
-                except BaseException as e:  # noqa: BLE001 - handed to the caller
-                    box.append(e)
-                done.set()
-            for req in admitted:
-                self._place(req)
-            self._step()
-        self._shutdown()
+        """The engine thread. A failure tied to one request ends only that request (see _fail);
+        anything else leaves the engine's state unknown, so it stops, and every request and every
+        later call gets EngineClosedError naming the failure rather than waiting forever."""
+        try:
+            while True:
+                with self._cv:
+                    while not (self._closed or self._jobs or self._runnable()):
+                        self._cv.wait()
+                    if self._closed:
+                        break
+                    jobs = list(self._jobs)
+                    self._jobs.clear()
+                    self._drop_cancelled()
+                    admitted = self._admit()
+                for fn, box, done in jobs:
+                    try:
+                        box.append(fn())
+                    except BaseException as e:  # noqa: BLE001 - handed to the caller
+                        box.append(e)
+                    done.set()
+                for req in admitted:
+                    self._guarded(req, self._place, req)
+                self._step()
+        except BaseException as e:  # noqa: BLE001 - reported to every caller by _shutdown
+            log.error("the engine stopped after an internal error", exc_info=e)
+            self._crash = e
+        finally:
+            self._shutdown()
+
+    def _guarded(self, req: Request, fn: Callable[..., None], *args: Any) -> None:
+        """Run one request's part of a step; if it raises, end that request with the error."""
+        try:
+            fn(*args)
+        except Exception as e:  # noqa: BLE001 - handed to the request's reader
+            self._fail(req, f"generation failed: {type(e).__name__}: {e}", e)
+
+    def _fail(self, req: Request, message: str, cause: BaseException) -> None:
+        error = GenerationError(message)
+        error.__cause__ = cause
+        req.channel.put(error)
+        self._release(req)
 
     def _drop_cancelled(self) -> None:
         for req in [r for r in self._waiting if r.cancelled]:
@@ -399,7 +423,7 @@ class Scheduler:
                 if req.done < len(req.ids):
                     continue  # more prompt to go: no token to sample yet
                 req.t_prompt_done = now
-            self._advance(req, row)
+            self._guarded(req, self._advance, req, row)
 
     def _advance(self, req: Request, logits: np.ndarray) -> None:
         """Sample the next token of a request and send its text; finish it when it is done."""
@@ -455,17 +479,27 @@ class Scheduler:
         req.channel.put(Delta("", [], None, reason, completion))
         self._release(req)
 
+    def _closed_error(self, running: bool) -> EngineClosedError:
+        if self._crash is not None:
+            error = EngineClosedError(
+                f"the engine stopped after an internal error ({type(self._crash).__name__}: {self._crash})"
+            )
+            error.__cause__ = self._crash
+            return error
+        return EngineClosedError("the model was closed while this request ran" if running else "the model is closed")
+
     def _shutdown(self) -> None:
         with self._cv:
+            self._closed = True
             for req in list(self._waiting) + list(self._running):
-                req.channel.put(EngineClosedError("the model was closed while this request ran"))
+                req.channel.put(self._closed_error(running=True))
                 req.channel.close()
             self._waiting.clear()
             self._running.clear()
             jobs = list(self._jobs)
             self._jobs.clear()
         for _, box, done in jobs:
-            box.append(EngineClosedError("the model is closed"))
+            box.append(self._closed_error(running=False))
             done.set()
 
 
