@@ -15,7 +15,8 @@ import numpy as np
 import openai
 import pytest
 
-from server_harness import MODEL_ID, Running, config_for, running, tiny_model, with_limits
+from server_harness import (MODEL_ID, Running, config_for, connect, read_response, request_bytes, running,
+                            tiny_model, with_limits)
 from tritlm.openai.wire.chat import ChatCompletionRequest
 from tritlm.openai.wire.completions import CompletionRequest
 from tritlm.openai.wire.embeddings import EmbeddingRequest
@@ -516,6 +517,17 @@ def test_ops_endpoints(server: Running, client: openai.OpenAI) -> None:
     assert isinstance(energy["energy_measurable"], bool)
     if not energy["energy_measurable"]:
         assert "joules" not in energy and "not measurable" in energy["energy_note"]
+
+
+def test_metric_labels_never_take_what_a_client_sends(server: Running) -> None:
+    with connect(server.port) as s:
+        s.sendall(request_bytes("FOOA", "/v1/xFOOB"))
+        assert read_response(s)[0] == 404
+    httpx.get(f"{server.url}/v1/models/FOOC")
+    httpx.post(f"{server.url}/v1/chat/completions", json={"model": "FOOD", "messages": MESSAGES})
+    httpx.post(f"{server.url}/v1/embeddings", json={"model": "FOOE", "input": "x"})
+    assert "FOO" not in httpx.get(f"{server.url}/metrics").text
+    assert server.metric("tritlm_requests_total", endpoint="unmatched", method="other", status="404") >= 1
 
 
 def test_error_envelope_shape(server: Running) -> None:

@@ -19,6 +19,11 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 TOKEN_GAP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 
+# Label values come from fixed sets, never from what a client sends: HTTP lets a client name any
+# method (and any path), and each new label value is a series Prometheus keeps.
+# RFC 9110's methods, and "-" for a request too malformed to have one; any other is "other".
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "-"))
+
 
 class _LiveState(Collector):
     """Gauges read at scrape time from the registry, so they can never drift from the truth."""
@@ -84,6 +89,7 @@ class Metrics:
     # -- the HTTP server's response observer ----------------------------------------------------
 
     def response(self, request: Request, status: int, seconds: float) -> None:
-        endpoint = request.route or "unmatched"  # raw paths would let clients mint label values
-        self.requests.labels(endpoint, request.method, str(status)).inc()
+        endpoint = request.route or "unmatched"
+        method = request.method if request.method in METHODS else "other"
+        self.requests.labels(endpoint, method, str(status)).inc()
         self.duration.labels(endpoint).observe(seconds)
