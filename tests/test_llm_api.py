@@ -3,6 +3,7 @@ logprobs, chat, async twins, embeddings, errors and the command line."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -103,6 +104,29 @@ def test_top_entries_break_ties_by_id() -> None:
     row = np.array([0.5, 2.0, 1.0, 2.0, 1.0, 1.0, -3.0])
     assert _top_entries(row, 4) == [(1, 2.0), (3, 2.0), (2, 1.0), (4, 1.0)]
     assert _top_entries(row, 7)[-1] == (6, -3.0) and _top_entries(row, 0) == []
+
+
+@pytest.fixture(scope="module")
+def padded(tmp_path_factory: pytest.TempPathFactory) -> tritlm.LLM:
+    """A model with 320 rows and a tokenizer of 300 ids, as HF configs that pad vocab_size."""
+    folder = mf.build_master(tmp_path_factory.mktemp("padded"), dtype="bfloat16", seed=5, vocab=320)
+    ids = mf.write_tokenizer(folder, 300)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(bos_token_id=ids["<|begin_of_text|>"], eos_token_id=ids["<|end_of_text|>"])
+    (folder / "config.json").write_text(json.dumps(config))
+    return tritlm.LLM(folder, n_ctx=256)
+
+
+def test_a_padded_vocabulary_never_yields_ids_the_tokenizer_lacks(padded: tritlm.LLM) -> None:
+    assert padded.spec.config["vocab_size"] == 320 and padded.n_vocab == 300
+    flat = dict(temperature=2.0, top_k=0, top_p=1.0, min_p=0.0, ignore_eos=True)
+    outs = padded.generate([PROMPT] * 4, max_tokens=100, logprobs=20, seed=1, **flat)
+    ids = [t for o in outs for t in o.token_ids]
+    assert len(ids) == 400 and max(ids) < 300
+    assert all(t < 300 for o in outs for e in o.logprobs for _, t, _ in e.top)
+    assert all(t < 300 for _, top in padded.prompt_logprobs(padded.tokenize(PROMPT), top=20) for t, _ in top)
+    with pytest.raises(ValueError, match=r"token id 310 is outside the vocabulary \(0..299\)"):
+        padded.generate([1, 310], max_tokens=1)
 
 
 def test_prompt_as_token_ids_and_bad_ids(llm: tritlm.LLM) -> None:

@@ -112,6 +112,12 @@ class LLM:
             "scheduler": vars(self._scheduler.settings),
         }
 
+    @property
+    def n_vocab(self) -> int:
+        """Token ids this model takes and produces: 0..n_vocab-1, those both the model and its
+        tokenizer know (a padded model vocabulary's extra rows are never used)."""
+        return self._scheduler.n_vocab
+
     def stats(self) -> dict[str, int]:
         """Requests running and waiting now, and KV cache positions in use (for monitoring)."""
         return self._scheduler.stats()
@@ -129,9 +135,9 @@ class LLM:
             ids = self.tokenize(prompt)
         else:
             ids = [int(t) for t in prompt]
-            bad = [t for t in ids if not 0 <= t < self._model.vocab_size]
+            bad = [t for t in ids if not 0 <= t < self.n_vocab]
             if bad:
-                raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary (0..{self._model.vocab_size - 1})")
+                raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary (0..{self.n_vocab - 1})")
         if not ids:
             raise ValueError("prompt is empty")
         if len(ids) >= self.n_ctx:
@@ -163,7 +169,8 @@ class LLM:
         ids = self._prompt_ids(ids)
         if top < 0:
             raise ValueError(f"top must be >= 0, got {top}")
-        top = min(top, self._model.vocab_size)
+        vocab = self.n_vocab
+        top = min(top, vocab)
         chunk = 128
 
         def run(session: Any) -> list[tuple[float, list[tuple[int, float]]]]:
@@ -172,7 +179,7 @@ class LLM:
             for start in range(0, len(ids) - 1, chunk):  # the last position predicts nothing asked for
                 rows = session.eval(np.asarray(ids[start:start + chunk], dtype=np.int32), "all")
                 for i, row in enumerate(rows[: len(ids) - 1 - start]):
-                    logp = row.astype(np.float64)
+                    logp = row[:vocab].astype(np.float64)  # as sampling sees the vocabulary
                     logp -= logp.max()
                     logp -= np.log(np.exp(logp).sum())
                     out.append((float(logp[ids[start + i + 1]]), _top_entries(logp, top)))

@@ -178,6 +178,10 @@ class Scheduler:
         self._model = model
         self._tokenizer = tokenizer
         self._n_threads = n_threads
+        # Ids sampling may choose. A model's vocabulary is often padded past its tokenizer's (HF
+        # configs round vocab_size up); a padded row was never a training target and has no text,
+        # so sampling one would only spend a token on nothing. Only ids both know are candidates.
+        self.n_vocab = min(model.vocab_size, tokenizer.vocab_size)
         self._slots = [Slot(_core.Session(model, n_ctx, kv_f16, n_threads)) for _ in range(settings.max_seqs)]
         self._kv_f16 = kv_f16
         self._aux: Any = None  # a session for whole-text evaluations (perplexity, embeddings)
@@ -429,7 +433,7 @@ class Scheduler:
         """Sample the next token of a request and send its text; finish it when it is done."""
         assert req.decoder is not None and req.matcher is not None
         history = np.asarray(req.ids + req.generated, dtype=np.int32)
-        token, lp, top = req.sampler.sample(logits, history, req.logprobs or 0)
+        token, lp, top = req.sampler.sample(logits[: self.n_vocab], history, req.logprobs or 0)
         if not req.t_first:
             req.t_first = time.perf_counter()
         if token in self._tokenizer.eos_ids and not req.ignore_eos:
