@@ -135,5 +135,8 @@ def read_response(s: socket.socket) -> tuple[int, dict[str, str], bytes]:
 
 
 def request_bytes(method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> bytes:
-    h = {"Host": "localhost", **({"Content-Length": str(len(body))} if body or method == "POST" else {}), **(headers or {})}
+    """A request's bytes; a POST (or a body) gets a Content-Length unless ``headers`` frame it chunked."""
+    headers = headers or {}
+    sized = (body or method == "POST") and "Transfer-Encoding" not in headers
+    h = {"Host": "localhost", **({"Content-Length": str(len(body))} if sized else {}), **headers}
     return (f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()) + "\r\n").encode() + body

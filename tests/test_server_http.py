@@ -162,6 +162,18 @@ def test_chunked_body_within_limit_is_read(server: Server) -> None:
     assert status == 200 and body == b'{"length":11,"text":"hello world"}'
 
 
+def test_content_length_with_transfer_encoding_is_400_and_a_close(server: Server) -> None:
+    """RFC 9112 §6.1: the two framings disagree (a proxy may have read the body by the other), so
+    nothing after this request on the connection can be trusted."""
+    smuggled = request_bytes("GET", "/hello?smuggled=1")
+    with connect(server.port) as s:
+        s.sendall(request_bytes("POST", "/echo", headers={"Content-Length": "5", "Transfer-Encoding": "chunked"})
+                  + b"5\r\nhello\r\n0\r\n\r\n" + smuggled)
+        status, headers, body = read_response(s)
+        assert status == 400 and headers["connection"] == "close" and b"Content-Length" in body
+        assert read_until_closed(s) == b""  # the pipelined request is never answered
+
+
 def test_headers_too_large_is_431(server: Server) -> None:
     with connect(server.port) as s:
         s.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 4096 + b"\r\n\r\n")

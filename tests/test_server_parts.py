@@ -122,6 +122,7 @@ def test_routing() -> None:
     (AuthenticationError("no key"), 401, "invalid_api_key"),
     (NotFoundError("none", code="model_not_found"), 404, "model_not_found"),
     (ProtocolError(413, "big"), 413, "request_too_large"),
+    (ProtocolError(501, "Transfer-Encoding: gzip"), 501, "not_implemented"),
     (QueueFullError("busy", retry_after=3), 429, "rate_limit_exceeded"),
     (ModelNotReadyError("loading"), 503, "model_not_ready"),
     (RuntimeError("native fault"), 500, "internal_error"),

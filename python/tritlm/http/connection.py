@@ -116,6 +116,11 @@ class Connection:
             client=self.client,
             received_at=received_at,
         )
+        names = {name for name, _ in request.headers}
+        if {"content-length", "transfer-encoding"} <= names:
+            # h11 goes by Transfer-Encoding, but a proxy in front may have gone by Content-Length and
+            # read another request in the rest (smuggling). RFC 9112 §6.1: reject or process, and close.
+            raise ProtocolError(400, "a request must not have both Content-Length and Transfer-Encoding")
         request.body = await self._read_body(request)
         return request
 

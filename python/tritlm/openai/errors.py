@@ -2,7 +2,8 @@
 ``{"error": {"message", "type", "param", "code"}}``.
 
 A client's mistake is never a 5xx: the official clients retry 5xx (and 408, 409, 429), so a
-malformed request answered 500 would be sent three times.
+malformed request answered 500 would be sent three times. The one exception is HTTP's own: a
+transfer coding the server does not implement is 501 (RFC 9112 §6.1), said by the HTTP layer.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ PROTOCOL_CODES = {
     408: "request_timeout",
     413: "request_too_large",
     431: "request_header_fields_too_large",
+    501: "not_implemented",
     505: "http_version_not_supported",
 }
 
