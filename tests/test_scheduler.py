@@ -225,3 +225,36 @@ def test_a_dead_engine_fails_every_call_instead_of_hanging(folder, monkeypatch: 
         _returns(lambda: llm.eval_logits(llm.tokenize(PROMPTS[0])))
     llm.close()
 
+
+
+def test_a_batch_failure_ends_only_the_sequence_that_fails_alone(folder, monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = tritlm.LLM(folder, n_ctx=256, max_seqs=4)
+    prompts = [llm.tokenize(p) for p in PROMPTS[:3]]
+    want = [llm.generate(p, max_tokens=8, temperature=0, ignore_eos=True).token_ids for p in prompts]
+    seen = {t for ids in prompts + want for t in ids}
+    poison = next(t for t in range(10, 300) if t not in seen)
+    prompts[1] = prompts[1] + [poison]
+    real = tritlm.scheduler._core.eval_batch
+    batch_sizes: list[int] = []
+
+    def eval_batch(sessions: list, tokens: list, n_threads: int | None) -> list:
+        batch_sizes.append(len(sessions))
+        if any(poison in t for t in tokens):  # as a token whose embedding row is not finite
+            raise ValueError("x: row 0 holds a NaN or an infinity")
+        return real(sessions, tokens, n_threads)
+
+    monkeypatch.setattr(tritlm.scheduler._core, "eval_batch", eval_batch)
+    # The engine waits inside a job while the three requests queue, so they share one step.
+    release = threading.Event()
+    waiting = threading.Thread(target=llm._scheduler.call, args=(lambda _: release.wait(60),))
+    waiting.start()
+    streams = [llm.stream(p, max_tokens=8, temperature=0, ignore_eos=True) for p in prompts]
+    release.set()
+    waiting.join()
+    with pytest.raises(GenerationError, match="could not evaluate this request's tokens: ValueError: x: row 0"):
+        _returns(lambda: list(streams[1]))
+    got = [_returns(lambda: list(s))[-1].completion.token_ids for s in (streams[0], streams[2])]
+    assert got == [want[0], want[2]]
+    assert 3 in batch_sizes  # the failure happened in a batch, and only its culprit ended
+    assert _returns(lambda: llm.generate(prompts[0], max_tokens=8, temperature=0, ignore_eos=True)).token_ids == want[0]
+    llm.close()

@@ -405,21 +405,14 @@ class Scheduler:
         plan = self._plan()
         if not plan:
             return
-        try:
-            logits = _core.eval_batch([r.slot.session for r, _ in plan], [np.asarray(t, np.int32) for _, t in plan],
-                                      self._n_threads)
-        except BaseException as e:  # noqa: BLE001 - an engine fault ends only the requests in this step
-            for req, _ in plan:
-                req.channel.put(e)
-                self._release(req)
-            return
+        evaluated = self._evaluate(plan)
         now = time.perf_counter()
         c = self._counters
         c["steps"] += 1
-        c["tokens_evaluated"] += sum(len(t) for _, t in plan)
-        c["prompt_tokens_evaluated"] += sum(len(t) for r, t in plan if r.pending is None)
+        c["tokens_evaluated"] += sum(len(t) for (_, t), _ in evaluated)
+        c["prompt_tokens_evaluated"] += sum(len(t) for (r, t), _ in evaluated if r.pending is None)
         c["peak_batch_seqs"] = max(c["peak_batch_seqs"], len(plan))
-        for (req, tokens), row in zip(plan, logits):
+        for (req, tokens), row in evaluated:
             assert req.slot is not None
             req.slot.tokens.extend(tokens)
             if req.pending is None:
@@ -428,6 +421,30 @@ class Scheduler:
                     continue  # more prompt to go: no token to sample yet
                 req.t_prompt_done = now
             self._guarded(req, self._advance, req, row)
+
+    def _evaluate(self, plan: list[tuple[Request, list[int]]]) -> list[tuple[tuple[Request, list[int]], np.ndarray]]:
+        """The plan's sequences with their logits, from one forward pass. When the pass fails,
+        its error cannot be pinned on a sequence (a non-finite value shows up as a row of some
+        intermediate matrix), so each sequence runs again alone: those that fail alone end with
+        the error, and the others go on with logits identical to the batch's (rows are exact)."""
+        try:
+            return list(zip(plan, self._eval(plan)))
+        except Exception:  # noqa: BLE001 - retried one sequence at a time below
+            pass
+        evaluated = []
+        for item in plan:
+            req, tokens = item
+            assert req.slot is not None
+            req.slot.session.truncate(len(req.slot.tokens))  # a failed pass may have advanced it
+            try:
+                evaluated.append((item, self._eval([item])[0]))
+            except Exception as e:  # noqa: BLE001 - handed to the request's reader
+                self._fail(req, f"the model could not evaluate this request's tokens: {type(e).__name__}: {e}", e)
+        return evaluated
+
+    def _eval(self, plan: list[tuple[Request, list[int]]]) -> list[np.ndarray]:
+        sessions = [r.slot.session for r, _ in plan]  # type: ignore[union-attr] - planned requests hold slots
+        return _core.eval_batch(sessions, [np.asarray(t, np.int32) for _, t in plan], self._n_threads)
 
     def _advance(self, req: Request, logits: np.ndarray) -> None:
         """Sample the next token of a request and send its text; finish it when it is done."""
