@@ -3,6 +3,7 @@ logprobs, chat, async twins, embeddings, errors and the command line."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -207,6 +208,21 @@ def test_close_and_context_manager(folder) -> None:
         assert m.generate("Hi", max_tokens=2, temperature=0).usage.completion_tokens <= 2
     with pytest.raises(Exception):
         m.generate("Hi", max_tokens=2)
+
+
+def test_a_stream_keeps_its_model_alive(folder) -> None:
+    """LLM.__del__ closes the engine: a stream of an unnamed LLM must keep it alive until read."""
+    stream = tritlm.LLM(folder, n_ctx=64).stream(PROMPT, max_tokens=4, temperature=0, ignore_eos=True)
+    chat = tritlm.LLM(folder, n_ctx=64).chat_stream([{"role": "user", "content": "Hi"}], max_tokens=3,
+                                                     temperature=0, ignore_eos=True)
+
+    async def read_async() -> list:
+        return [d async for d in tritlm.LLM(folder, n_ctx=64).astream(PROMPT, max_tokens=2, temperature=0, ignore_eos=True)]
+
+    gc.collect()
+    assert len([d for d in stream][-1].completion.token_ids) == 4
+    assert len([d for d in chat][-1].completion.token_ids) == 3
+    assert len(anyio.run(read_async)[-1].completion.token_ids) == 2
 
 
 def test_missing_model_is_a_load_error(tmp_path) -> None:

@@ -223,7 +223,7 @@ class LLM:
     ) -> Stream:
         """Yield text deltas as they are decoded; the last Delta carries the finish reason and the
         whole Completion. Closing the stream stops generation at the next step."""
-        return Stream(self._scheduler, self._request(prompt, STREAM_BUFFER, locals()))
+        return Stream(self._scheduler, self._request(prompt, STREAM_BUFFER, locals()), self)
 
     def _request(self, prompt: Prompt, buffer: int | None, params: dict[str, Any], submit: bool = True) -> Request:
         """Check a prompt and its sampling settings, and queue it (unless ``submit`` is false)."""
@@ -273,7 +273,7 @@ class LLM:
             raise TypeError(f"generate() got unexpected keyword arguments: {sorted(unknown)}")
         reqs = [self._request(p, None, params, submit=False) for p in prompt]
         self._scheduler.submit(*reqs)
-        streams = [Stream(self._scheduler, r) for r in reqs]
+        streams = [Stream(self._scheduler, r, self) for r in reqs]
         try:
             return [_collect(s) for s in streams]
         finally:

@@ -537,11 +537,15 @@ def _close_all() -> None:
 
 class Stream(Iterator[Delta]):
     """The Deltas of one request. Closing it (or dropping it) cancels the request, which frees
-    its slot at the next step boundary."""
+    its slot at the next step boundary.
 
-    def __init__(self, scheduler: Scheduler, req: Request) -> None:
+    ``owner`` is kept for as long as the stream: the object whose end closes the scheduler (an
+    LLM closes it when collected), so that ``LLM(...).stream(...)`` can still be read."""
+
+    def __init__(self, scheduler: Scheduler, req: Request, owner: object) -> None:
         self._scheduler = scheduler
         self._req = req
+        self._owner = owner
         self._finished = False
 
     def __iter__(self) -> Stream:
