@@ -384,13 +384,27 @@ def test_unsupported_fields_are_400_naming_the_field(client: openai.OpenAI) -> N
     assert e.value.param == "previous_response_id"
 
 
-def test_prompt_longer_than_context_is_400(client: openai.OpenAI) -> None:
+def test_prompt_longer_than_context_is_400_naming_the_field(client: openai.OpenAI, server: Running) -> None:
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "word " * 2000}], stream=True)
     assert e.value.code == "context_length_exceeded" and "512" in e.value.message
-    with pytest.raises(openai.BadRequestError) as e:
-        client.completions.create(model=MODEL_ID, prompt=[5] * 600)
-    assert e.value.code == "context_length_exceeded"
+    assert e.value.param == "messages"
+    long = "word " * 2000
+    for path, body, param in (("/v1/completions", {"prompt": [5] * 600}, "prompt"),
+                              ("/v1/completions", {"prompt": ["short", long]}, "prompt"),
+                              ("/v1/embeddings", {"input": long}, "input"),
+                              ("/v1/responses", {"input": long, "stream": True}, "input"),
+                              ("/v1/responses", {"messages": [{"role": "user", "content": long}]}, "messages")):
+        error = httpx.post(f"{server.url}{path}", json={"model": MODEL_ID, **body}).json()["error"]
+        assert (error["code"], error["param"]) == ("context_length_exceeded", param), (path, error)
+
+
+def test_an_embedding_input_may_fill_all_but_the_engines_one_free_position(server: Running) -> None:
+    assert httpx.post(f"{server.url}/v1/embeddings", json={"model": MODEL_ID, "input": [5] * 511}).status_code == 200
+    r = httpx.post(f"{server.url}/v1/embeddings", json={"model": MODEL_ID, "input": [5] * 512})
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["param"] == "input" and error["code"] == "context_length_exceeded"
+    assert "answer" not in error["message"] and "511" in error["message"]
 
 
 def test_malformed_json_is_400(server: Running) -> None:

@@ -26,7 +26,7 @@ async def create(ctx: Context, request: Request) -> Response:
         raise RequestError(f"Invalid value for 'dimensions': model {served.id!r} embeds in {dim} dimensions only",
                            param="dimensions")
     vocab = vocab_size(llm)
-    ids_list = [await prompt_ids(llm, x, vocab, "input") for x in inputs]
+    ids_list = [await prompt_ids(llm, x, vocab, "input", generating=False) for x in inputs]
     ticket = served.admission.enter(1)
     request.on_finish(ticket.release)
     async with ticket:

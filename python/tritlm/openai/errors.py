@@ -44,8 +44,8 @@ def classify(error: BaseException) -> tuple[int, ErrorBody, list[tuple[str, str]
 
     if isinstance(error, RequestError):
         return 400, body("invalid_request_error", error.code, error.param), []
-    if isinstance(error, ContextOverflowError):
-        return 400, body("invalid_request_error", "context_length_exceeded", "messages"), []
+    if isinstance(error, ContextOverflowError):  # the endpoints check first, naming their field; the engine cannot
+        return 400, body("invalid_request_error", "context_length_exceeded"), []
     if isinstance(error, (InvalidMessagesError, ChatTemplateError)):
         return 400, body("invalid_request_error", "invalid_value", "messages"), []
     if isinstance(error, AuthenticationError):

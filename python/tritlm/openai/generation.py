@@ -18,7 +18,7 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
-from ..errors import ClientDisconnected, ContextOverflowError, RequestError
+from ..errors import ClientDisconnected, RequestError
 from ..results import Completion, Delta
 from .served import Observer
 from .wire.common import SamplingFields
@@ -92,15 +92,17 @@ def jobs_for(ids: list[int], kwargs: dict[str, Any], seed: int | None, n: int) -
     return [Job(ids, {**kwargs, "seed": s}) for s in choice_seeds(seed, n)]
 
 
-async def chat_ids(llm: Any, messages: list[dict[str, Any]]) -> list[int]:
-    """The chat template applied and tokenized (the template writes BOS itself), context checked."""
+async def chat_ids(llm: Any, messages: list[dict[str, Any]], param: str = "messages") -> list[int]:
+    """The chat template applied and tokenized (the template writes BOS itself), context checked;
+    ``param`` is the request field the messages came from."""
     def render() -> list[int]:
         return llm.tokenize(llm.chat_prompt(messages), add_special=False)
 
-    return check_fits(llm, await anyio.to_thread.run_sync(render), "messages")
+    return check_fits(llm, await anyio.to_thread.run_sync(render), param)
 
 
-async def prompt_ids(llm: Any, prompt: str | list[int], vocab_size: int, param: str = "prompt") -> list[int]:
+async def prompt_ids(llm: Any, prompt: str | list[int], vocab_size: int, param: str = "prompt", *,
+                     generating: bool = True) -> list[int]:
     if isinstance(prompt, str):
         ids = await anyio.to_thread.run_sync(llm.tokenize, prompt)
     else:
@@ -109,16 +111,20 @@ async def prompt_ids(llm: Any, prompt: str | list[int], vocab_size: int, param: 
             raise RequestError(f"Invalid value for '{param}': token id {bad[0]} is outside the vocabulary "
                                f"(0..{vocab_size - 1})", param=param)
         ids = list(prompt)
-    return check_fits(llm, ids, param)
+    return check_fits(llm, ids, param, generating=generating)
 
 
-def check_fits(llm: Any, ids: list[int], param: str) -> list[int]:
+def check_fits(llm: Any, ids: list[int], param: str, *, generating: bool = True) -> list[int]:
+    """``ids`` if they leave the engine a free position: for the answer of a generation, and (the
+    engine's rule, LLM._prompt_ids) for an embedding too, though that generates nothing."""
     if not ids:
         raise RequestError(f"Invalid value for '{param}': the prompt is empty", param=param)
     if len(ids) >= llm.n_ctx:
-        raise ContextOverflowError(
+        why = "leaving no room for the answer" if generating else f"more than the {llm.n_ctx - 1} an input may use"
+        raise RequestError(
             f"This model's maximum context length is {llm.n_ctx} tokens. However, your {param} resulted in "
-            f"{len(ids)} tokens, leaving no room for the answer. Please reduce the length of the {param}."
+            f"{len(ids)} tokens, {why}. Please reduce the length of the {param}.",
+            param=param, code="context_length_exceeded",
         )
     return ids
 

@@ -40,7 +40,7 @@ async def create(ctx: Context, request: Request) -> Response | StreamingResponse
     messages = req.chat_messages()
     if not messages:
         raise RequestError("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
-    ids = await chat_ids(llm, messages)
+    ids = await chat_ids(llm, messages, "input" if req.input is not None else "messages")
     logprobs = (req.top_logprobs or 0) if req.wants_logprobs else None
     kwargs = engine_kwargs(req, served.defaults, max_tokens=req.max_output_tokens, logprobs=logprobs,
                            vocab_size=vocab_size(llm))
