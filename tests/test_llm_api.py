@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 
 import anyio
 import numpy as np
@@ -17,7 +19,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 import model_factory as mf  # noqa: E402
 
 import tritlm  # noqa: E402
-from tritlm.errors import ChatTemplateError, ContextOverflowError, InvalidMessagesError, ModelLoadError  # noqa: E402
+from tritlm.errors import (  # noqa: E402
+    ChatTemplateError, ContextOverflowError, EngineClosedError, InvalidMessagesError, ModelLoadError,
+)
 
 PROMPT = "The cat sat on the mat; the dog"
 
@@ -206,8 +210,48 @@ def test_embed_is_normalized_and_distinguishes_texts(llm: tritlm.LLM) -> None:
 def test_close_and_context_manager(folder) -> None:
     with tritlm.LLM(folder, n_ctx=32) as m:
         assert m.generate("Hi", max_tokens=2, temperature=0).usage.completion_tokens <= 2
-    with pytest.raises(Exception):
-        m.generate("Hi", max_tokens=2)
+    ids = m.tokenize("Hi")  # the tokenizer is Python and outlives the engine
+    calls = {
+        "info": lambda: m.info, "eval_logits": lambda: m.eval_logits(ids),
+        "prompt_logprobs": lambda: m.prompt_logprobs(ids), "embed": lambda: m.embed("Hi"),
+        "generate(text)": lambda: m.generate("Hi", max_tokens=2), "generate(ids)": lambda: m.generate(ids, max_tokens=2),
+        "generate(list)": lambda: m.generate(["Hi", ids], max_tokens=2), "stream": lambda: m.stream(ids),
+        "chat": lambda: m.chat([{"role": "user", "content": "Hi"}], max_tokens=2),
+        "agenerate": lambda: anyio.run(lambda: m.agenerate(ids, max_tokens=2)),
+    }
+    for name, call in calls.items():
+        with pytest.raises(EngineClosedError, match="closed"):
+            call()
+            pytest.fail(f"{name} worked after close()")
+
+
+def test_closing_while_others_call_gives_only_engine_closed_errors(folder) -> None:
+    m = tritlm.LLM(folder, n_ctx=64)
+    ids = m.tokenize(PROMPT)
+    unexpected: list[BaseException] = []
+    start = threading.Barrier(5)
+
+    def call(fn: Callable[[], object]) -> None:
+        start.wait()
+        for _ in range(50):
+            try:
+                fn()
+            except EngineClosedError:
+                return
+            except BaseException as e:  # noqa: BLE001 - collected for the assertion
+                unexpected.append(e)
+                return
+
+    fns: list[Callable[[], object]] = [lambda: m.info, lambda: m.eval_logits(ids),
+                                       lambda: m.generate(ids, max_tokens=2), lambda: m.embed(PROMPT)]
+    threads = [threading.Thread(target=call, args=(fn,)) for fn in fns]
+    for t in threads:
+        t.start()
+    start.wait()
+    m.close()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads) and unexpected == []
 
 
 def test_a_stream_keeps_its_model_alive(folder) -> None:

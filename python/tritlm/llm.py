@@ -20,7 +20,7 @@ import numpy as np
 from . import _core, kernels
 from .bundled import default_model_path
 from .chat_template import render_chat
-from .errors import ContextOverflowError
+from .errors import ContextOverflowError, EngineClosedError
 from .loaders import load_model
 from .results import Completion, Delta
 from .scheduler import Channel, Request, Scheduler, SchedulerSettings, Stream
@@ -96,7 +96,10 @@ class LLM:
     @property
     def info(self) -> dict[str, Any]:
         """Architecture, sizes, tensor types, how each linear runs, and the chat template."""
-        native = self._model.info()
+        model = self._model  # read once: close() may drop it from another thread meanwhile
+        if model is None:
+            raise EngineClosedError("the model is closed")
+        native = model.info()
         return {
             "path": self.spec.path,
             "config": dict(self.spec.config),
