@@ -48,15 +48,16 @@ class Operations:
             "version": __version__,
             "isa": info["isa"],
             "available_isas": info["available_isas"],
-            "threads": info["threads"],
             "physical_cores": info["physical_cores"],
-            "models": [self._model_status(m) for m in self.models.all()],
+            "models": [self._model_status(m, info["threads"]) for m in self.models.all()],
         })
 
-    def _model_status(self, m: Any) -> dict[str, Any]:
+    def _model_status(self, m: Any, default_threads: int) -> dict[str, Any]:
+        """``default_threads``: the kernels' default, which a model configured with none runs on."""
         cfg = self.models.config(m.id)
         out: dict[str, Any] = {
             "id": m.id, "state": m.state, "path": cfg.path, "uses": list(m.uses), "n_ctx": cfg.n_ctx,
+            "threads": cfg.threads if cfg.threads is not None else default_threads,
             "requests_running": m.admission.running, "requests_waiting": m.admission.waiting,
             "max_running": m.admission.max_running, "max_waiting": m.admission.max_waiting,
         }
