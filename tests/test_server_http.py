@@ -88,6 +88,20 @@ def test_routes_params_and_query(server: Server) -> None:
     assert body == b'{"path":"/items/org/model%20x","params":{"name":"org/model x"},"query":{"a":["1","2"]}}'
 
 
+def test_paths_are_matched_percent_decoded(server: Server) -> None:
+    status, _, body = exchange(server.port, request_bytes("GET", "/%68ello"))
+    assert status == 200 and b'"path":"/%68ello"' in body  # the path as sent; routing decodes it
+    status, _, body = exchange(server.port, request_bytes("GET", "/%69tems/org%2Fm%2520"))
+    assert status == 200 and b'"params":{"name":"org/m%20"}' in body
+
+
+def test_absolute_form_targets_are_accepted(server: Server) -> None:
+    """RFC 9112 §3.2.2: a server must accept a target in absolute form, as sent to proxies."""
+    status, _, body = exchange(server.port, request_bytes("GET", f"http://127.0.0.1:{server.port}/items/a%2Fb?x=1"))
+    assert status == 200 and body == b'{"path":"/items/a%2Fb","params":{"name":"a/b"},"query":{"x":["1"]}}'
+    assert exchange(server.port, request_bytes("GET", "http://example.com"))[0] == 404  # path "/"
+
+
 @pytest.mark.parametrize("raw", [b"GARBAGE\r\n\r\n", b"GET /hello HTTP/1.1\r\nno colon here\r\n\r\n",
                                  b"GET /hello HTTP/1.1\r\n\r\n",  # HTTP/1.1 requires Host
                                  b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"])

@@ -267,6 +267,16 @@ def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
     assert MODEL_ID in e.value.message and e.value.code == "model_not_found"
 
 
+def test_encoded_and_absolute_form_paths_reach_the_api(server: Running) -> None:
+    for target in ("/v1/%6Dodels", f"http://127.0.0.1:{server.port}/v1/models", f"/v1/models/{MODEL_ID}"):
+        with connect(server.port) as s:
+            s.sendall(request_bytes("GET", target))
+            status, _, body = read_response(s)
+        assert status == 200 and MODEL_ID in body.decode(), target
+    r = httpx.get(f"{server.url}/v1/models/org%2Fmissing")
+    assert r.status_code == 404 and "'org/missing'" in r.json()["error"]["message"]
+
+
 def test_responses_matches_chat(client: openai.OpenAI) -> None:
     chat = client.chat.completions.create(model=MODEL_ID, messages=MESSAGES, max_tokens=6, seed=4)
     r = client.responses.create(model=MODEL_ID, instructions="You are terse.", input="The cat sat on the mat",

@@ -105,11 +105,22 @@ def test_routing() -> None:
     async def h(request):  # type: ignore[no-untyped-def]
         return None
 
-    r = Router([Route("GET", "/v1/models/{model:path}", h), Route("POST", "/v1/x/{id}", h)])
+    r = Router([Route("GET", "/v1/models/{model:path}", h), Route("POST", "/v1/x/{id}", h), Route("GET", "/v1/list", h)])
     assert r.match("GET", "/v1/models/org/m%2F1")[1] == {"model": "org/m/1"}
     assert r.match("HEAD", "/v1/models/a")[0].pattern == "/v1/models/{model:path}"
     with pytest.raises(NotFoundError):
         r.match("POST", "/v1/x/a/b")
+    # matched percent-decoded, segment by segment: an encoded "/" stays inside its segment, and
+    # what is decoded is decoded once
+    assert r.match("GET", "/v1/%6Dodels/%6Frg/m")[1] == {"model": "org/m"}
+    assert r.match("POST", "/%76%31/x/a%2Fb")[1] == {"id": "a/b"}
+    assert r.match("GET", "/v1/models/100%25%252F")[1] == {"model": "100%%2F"}
+    assert r.allowed_methods("/v1/%78/a") == ["POST"]
+    with pytest.raises(NotFoundError):
+        r.match("GET", "/v1%2Fmodels/a")  # one segment "v1/models", not two
+    assert r.match("POST", "/v1/x/a%0A")[1] == {"id": "a\n"}
+    with pytest.raises(NotFoundError):
+        r.match("GET", "/v1/list%0A")  # a decoded newline is not the end of the path
     with pytest.raises(ProtocolError) as e:
         r.match("GET", "/v1/x/a")
     assert e.value.status == 405 and e.value.headers == [("allow", "POST")]

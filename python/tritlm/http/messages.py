@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 Send = Callable[[bytes], Awaitable[None]]
 
@@ -30,7 +30,13 @@ class Request:
 
     @property
     def path(self) -> str:
-        return self.target.split("?", 1)[0]
+        """The target's path, still percent-encoded (the router decodes it segment by segment).
+        An absolute-form target (``http://host/path``: proxies send it, and RFC 9112 §3.2.2 says
+        a server must accept it) gives its path; its authority replaces Host, which we ignore."""
+        path = self.target.split("?", 1)[0]
+        if not path.startswith("/") and "://" in path:
+            path = urlsplit(path).path or "/"
+        return path
 
     @property
     def query(self) -> dict[str, list[str]]:
