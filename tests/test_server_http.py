@@ -222,8 +222,9 @@ def test_cors(server: Server) -> None:
     assert status == 204 and headers["access-control-allow-origin"] == "https://app.example"
     assert headers["access-control-allow-methods"] == "POST" and "authorization" in headers["access-control-allow-headers"]
     assert "access-control-expose-headers" not in headers  # the preflight's headers only, once
-    status, _, _ = exchange(server.port, request_bytes("OPTIONS", "/echo", headers={**preflight, "Origin": "https://evil"}))
-    assert status == 403
+    status, headers, body = exchange(server.port, request_bytes("OPTIONS", "/echo", headers={**preflight, "Origin": "https://evil"}))
+    assert status == 403 and headers["vary"] == "Origin" and b"'https://evil' is not allowed" in body
+    assert "access-control-allow-origin" not in headers
     _, headers, _ = exchange(server.port, request_bytes("GET", "/hello", headers={"Origin": "https://app.example"}))
     assert headers["access-control-allow-origin"] == "https://app.example"
     _, headers, _ = exchange(server.port, request_bytes("GET", "/hello", headers={"Origin": "https://evil"}))

@@ -562,6 +562,17 @@ def test_status_reports_the_threads_a_model_runs_on(model) -> None:
         assert [m["threads"] for m in status["models"]] == [1] and "threads" not in status
 
 
+def test_a_refused_cors_preflight_gets_the_error_envelope(model) -> None:
+    with running(replace(config_for(model), cors_origins=("https://app.example",))) as s:
+        preflight = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+        r = httpx.options(f"{s.url}/v1/chat/completions", headers=preflight)
+        assert r.status_code == 403 and r.headers["vary"] == "Origin"
+        assert r.json() == {"error": {"message": "origin 'https://evil.example' is not allowed to call this server",
+                                      "type": "invalid_request_error", "param": None, "code": "origin_not_allowed"}}
+        allowed = httpx.options(f"{s.url}/v1/chat/completions", headers={**preflight, "Origin": "https://app.example"})
+        assert allowed.status_code == 204 and allowed.headers["access-control-allow-origin"] == "https://app.example"
+
+
 def test_error_envelope_shape(server: Running) -> None:
     r = httpx.post(f"{server.url}/v1/chat/completions", json={"model": MODEL_ID})
     assert r.status_code == 400

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import ProtocolError
 from .messages import Request, Response
 
 
@@ -28,11 +29,11 @@ class CORSPolicy:
         return request.method == "OPTIONS" and request.header("access-control-request-method") is not None
 
     def preflight(self, request: Request, allowed_methods: list[str]) -> Response:
-        """The answer to an OPTIONS preflight: 204 with what the browser may send, or 403."""
+        """The answer to an OPTIONS preflight: 204 with what the browser may send, or
+        ProtocolError 403, which the application renders in its own error shape like any other."""
         origin = request.header("origin") or ""
         if not self.origin_allowed(origin):
-            return Response(403, [("content-type", "text/plain; charset=utf-8"), ("vary", "Origin")],
-                            f"origin {origin!r} is not allowed".encode())
+            raise ProtocolError(403, f"origin {origin!r} is not allowed to call this server", headers=[("vary", "Origin")])
         return Response(204, [
             ("access-control-allow-origin", origin),
             ("vary", "Origin"),

@@ -28,6 +28,7 @@ log = logging.getLogger("tritlm.openai")
 
 PROTOCOL_CODES = {
     400: "invalid_request",
+    403: "origin_not_allowed",  # CORS: the browser's origin is not among --cors-origin
     405: "method_not_allowed",
     408: "request_timeout",
     413: "request_too_large",
