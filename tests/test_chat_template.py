@@ -340,3 +340,76 @@ def test_runtime_errors_become_chat_template_errors() -> None:
         ChatTemplate("{{ 1 / 0 }}").render(CHATS["user"])
     with pytest.raises(ChatTemplateError, match="chat template failed"):
         ChatTemplate("{{ messages[0].content + 1 }}").render(CHATS["user"])
+
+
+# ----- limits: a template from a model file must not exhaust memory or time ---------------------
+
+@pytest.mark.parametrize("source, match", [
+    ("{{ 'x' * 10**10 }}", "repetition of 10000000000"),
+    ("{{ 10**10 * 'x' }}", "repetition of 10000000000"),
+    ("{{ ([1] * 100000000) | length }}", "repetition of 100000000"),
+    ("{% for i in range(1000000) %}{% endfor %}", r"range\(\) of 1000000 items \(limit 100000\)"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+     "more than 1000000 loop iterations and calls"),
+    ("{% set s = 'x' * 100000 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}", "loop iterations"),
+    ("{% for x in [0] recursive %}{{ loop(range(100000)) }}{% endfor %}", "loop iterations|recursion"),
+    ("{% set ns = namespace(n=3) %}{% for i in range(40) %}{% set ns.n = ns.n * ns.n %}{% endfor %}",
+     "integer product of more than 4096 bits"),
+    ("{{ 7 ** 100000 }}", "integer power of more than 4096 bits"),
+    ("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+     "~ concatenation of 33554432"),
+    ("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+     "concatenation of 33554432"),
+    ("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = [ns.s, ns.s] | join %}{% endfor %}",
+     "result of 33554432"),
+    ("{{ 'x' | center(10000000000) }}", "center filter's result of 10000000000"),
+    ("{{ 'x'.ljust(10**10) }}", "str.ljust's result of 10000000000"),
+    ("{{ [] | slice(10000000) | list }}", "integer argument 10000000 to the slice filter"),
+    ("{{ '%10000000000s' % 'x' }}", "format width '10000000000'"),
+    ("{{ '%*s' % (1000000000, 'x') }}", "format width '\\*'"),
+    ("{{ '%10000000000s' | format('x') }}", "format width"),
+    ("{{ '{:>10000000000}'.format('x') }}", "format width"),
+    ("{{ '{:>{}}'.format('x', 10000000000) }}", "format width"),
+    ("{% set s = 'x' * 1000000 %}{{ s | replace('', s) }}", "replace filter's result"),
+    ("{% set s = 'x' * 1000000 %}{{ s.replace('x', s) }}", "str.replace's result"),
+    ("{% set s = '\n' * 1000000 %}{{ s | indent(60000) }}", "indent filter's result"),
+    ("{% set s = 'x ' * 1000000 %}{{ s | wordwrap(1, wrapstring='y' * 1000) }}", "wordwrap filter's result"),
+    ("{% set s = '\t' * 1000000 %}{{ s.expandtabs(60000) }}", "str.expandtabs's result"),
+    ("{{ messages | tojson(indent=1000) }}", "tojson indent 1000"),
+    ("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}", "output longer than 16777216 characters"),
+])
+def test_limits_stop_runaway_templates(source: str, match: str) -> None:
+    with pytest.raises(ChatTemplateError, match=match) as info:
+        render_chat(source, CHATS["user"])
+    assert "exceeded a limit" in str(info.value) or "RecursionError" in str(info.value)
+
+
+def test_macro_calls_count_as_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """2^40 macro calls and no loop at all: each call is a step (the real limit is reached after
+    about 5 s of calls; a lower one keeps the test short)."""
+    import tritlm.chat_template as ct
+
+    monkeypatch.setattr(ct, "MAX_STEPS", 10_000)
+    with pytest.raises(ChatTemplateError, match="more than 10000 loop iterations and calls"):
+        ChatTemplate("{% macro f(n) %}{% if n < 40 %}{{ f(n + 1) }}{{ f(n + 1) }}{% endif %}{% endmacro %}"
+                     "{{ f(0) }}").render(CHATS["user"])
+
+
+def test_render_time_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loop of costly steps within the step limit (a 16M-character scan each) is stopped by the
+    clock, checked at every step; a negative limit makes the first step exceed it."""
+    import tritlm.chat_template as ct
+
+    monkeypatch.setattr(ct, "MAX_SECONDS", -1.0)
+    with pytest.raises(ChatTemplateError, match="rendering took more than -1 s"):
+        ChatTemplate("{% for m in messages %}{{ m.content }}{% endfor %}").render(CHATS["user"])
+
+
+def test_limits_leave_ordinary_templates_alone() -> None:
+    chat = [{"role": "user", "content": "word " * 500_000}]  # a 2.5M-character message
+    assert ChatTemplate(LLAMA3).render(chat).count("word") == 500_000
+    source = ("{{ '%d tokens' % 1000000 }} {{ '{} tokens'.format(1000000) }} {{ '%d' | format(10**6) }}"
+              " {{ {'a': 1}.get('b', 10**6) }} {{ max_tokens | default(131072) }} {{ 'ab' ~ 'cd' }} {{ 'x' | center(3) }}"
+              " {{ range(3) | list }} {{ messages | tojson(indent=2) | length > 0 }}")
+    assert ChatTemplate(source).render(CHATS["user"]) == (
+        "1000000 tokens 1000000 tokens 1000000 1000000 131072 abcd  x  [0, 1, 2] True")

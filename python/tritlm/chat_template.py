@@ -4,14 +4,18 @@ A model's template is Jinja2 source (GGUF ``tokenizer.chat_template`` or tokeniz
 ``chat_template``) written for transformers' ``apply_chat_template``; it is rendered here the way
 transformers renders it (same sandbox, options, globals and filters), so a prompt matches what the
 model saw in training. Templates come from model files, so they are untrusted code: they run in
-Jinja's immutable sandbox, and every failure becomes a ``ChatTemplateError``.
+Jinja's immutable sandbox, with limits on what one render may build and how long it may run (the
+``MAX_*`` constants below), and every failure becomes a ``ChatTemplateError``.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
-from collections.abc import Mapping, Sequence
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +23,9 @@ import jinja2
 import jinja2.ext
 import jinja2.nodes
 from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
+from jinja2.runtime import Context, LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.visitor import NodeTransformer
 
 from .errors import ChatTemplateError, InvalidMessagesError
 
@@ -63,8 +69,9 @@ class ChatTemplate:
         # it would print it as an unknown header or reject it, so it is renamed unless the
         # template handles it itself.
         self._rename_developer = "developer" not in text
+        env = _environment()
         try:
-            self._template = _environment().from_string(text)
+            self._template = env.from_string(_Bounded().visit(env.parse(text)))
         except TemplateSyntaxError as e:
             raise ChatTemplateError(f"chat template has a syntax error on line {e.lineno}: {e.message}") from e
 
@@ -84,8 +91,11 @@ class ChatTemplate:
             "bos_token": self.bos_token, "eos_token": self.eos_token,
             **{k: _plain(v, k) for k, v in kwargs.items()},
         }
+        token = _budget.set(_Budget())
         try:
-            return self._template.render(messages=chat, add_generation_prompt=add_generation_prompt, **context)
+            return _joined(self._template.generate(messages=chat, add_generation_prompt=add_generation_prompt, **context))
+        except _LimitExceeded as e:
+            raise ChatTemplateError(f"chat template exceeded a limit: {e.message}") from e
         except _TemplateRaised as e:
             raise ChatTemplateError(f"chat template rejected the conversation: {e.message}") from e
         except SecurityError as e:
@@ -94,6 +104,8 @@ class ChatTemplate:
             raise ChatTemplateError(f"chat template failed: {e}") from e
         except Exception as e:  # a template is a program: type errors, division by zero, ...
             raise ChatTemplateError(f"chat template failed: {type(e).__name__}: {e}") from e
+        finally:
+            _budget.reset(token)
 
 
 def render_chat(
@@ -189,9 +201,12 @@ def _raise_exception(message: str) -> None:
     raise _TemplateRaised(message)
 
 
-def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None,
+def _tojson(x: Any, ensure_ascii: bool = False, indent: int | str | None = None,
             separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
-    # Jinja's own tojson escapes HTML characters; templates expect plain JSON.
+    # Jinja's own tojson escapes HTML characters; templates expect plain JSON. The indent is
+    # repeated on every line, once per nesting level, so it is kept small.
+    if indent is not None and (indent if isinstance(indent, int) else len(str(indent))) > MAX_JSON_INDENT:
+        raise _LimitExceeded(f"tojson indent {indent!r} (limit {MAX_JSON_INDENT})")
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
@@ -241,13 +256,239 @@ class _GenerationTag(jinja2.ext.Extension):
         return jinja2.nodes.Scope(body).set_lineno(lineno)
 
 
+# ----- limits on one render --------------------------------------------------------------------
+#
+# Jinja's sandbox stops a template from reaching Python internals, not from exhausting memory or
+# time: ``{{ 'x' * 10**10 }}`` allocates 10 GB and two nested ``range(100000)`` loops run for hours.
+# Real chat templates loop over the messages and build a prompt a context window long, so these
+# limits are far above what they need.
+
+MAX_OUTPUT = 1 << 24       # characters of rendered prompt (no context window holds that many)
+MAX_LENGTH = 1 << 24       # characters of one string, or items of one list, built by the template
+MAX_RANGE = 100_000        # items of one range() (Jinja's own sandbox limit)
+MAX_STEPS = 1_000_000      # loop iterations plus calls (of macros, methods and filters) per render
+MAX_SECONDS = 10.0         # wall-clock time of one render, checked at every step
+MAX_COUNT = 1 << 16        # a format width, and the batch size / slice count given to those filters
+MAX_INT_BITS = 4096        # bits of an integer built by * or **
+MAX_JSON_INDENT = 16       # characters of tojson's indent, repeated once per nesting level a line
+
+
+class _LimitExceeded(TemplateError):
+    """A render went past one of the limits above; the message names it."""
+
+
+class _Budget:
+    """Steps and time left to the render in progress."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.deadline = time.monotonic() + MAX_SECONDS
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise _LimitExceeded(f"more than {MAX_STEPS} loop iterations and calls")
+        if time.monotonic() > self.deadline:
+            raise _LimitExceeded(f"rendering took more than {MAX_SECONDS:g} s")
+
+
+# The render in progress on this thread (None while compiling: constant folding is not counted).
+_budget: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("chat_template_budget", default=None)
+
+
+def _step() -> None:
+    budget = _budget.get()
+    if budget is not None:
+        budget.step()
+
+
+def _counted(iterable: Iterable[Any]) -> Iterator[Any]:
+    for item in iterable:
+        _step()
+        yield item
+
+
+def _joined(pieces: Iterable[str]) -> str:
+    out: list[str] = []
+    size = 0
+    for piece in pieces:
+        size += len(piece)
+        if size > MAX_OUTPUT:
+            raise _LimitExceeded(f"output longer than {MAX_OUTPUT} characters")
+        out.append(piece)
+    return "".join(out)
+
+
+def _check_length(n: int, what: str) -> None:
+    if n > MAX_LENGTH:
+        raise _LimitExceeded(f"{what} of {n} characters or items (limit {MAX_LENGTH})")
+
+
+def _checked(value: Any) -> Any:
+    if isinstance(value, (str, list, tuple, dict)):
+        _check_length(len(value), "a result")
+    return value
+
+
+def _check_counts(args: Iterable[Any], kwargs: Mapping[str, Any], what: str) -> None:
+    for v in (*args, *kwargs.values()):
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_COUNT:
+            raise _LimitExceeded(f"integer argument {v} to {what} (limit {MAX_COUNT})")
+
+
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d*)(?:\.(\*|\d*))?")
+_FORMAT_SPEC = re.compile(r"\{[^{}]*:([^{}]*)(\{?)")
+
+
+def _check_format(fmt: Any, percent: bool) -> None:
+    """A %-format or str.format string whose field widths stay small: a width is an allocation."""
+    if not isinstance(fmt, str):
+        return
+    if percent:
+        widths = [w for m in _PERCENT_SPEC.finditer(fmt) for w in m.groups() if w]
+    else:
+        widths = []
+        for m in _FORMAT_SPEC.finditer(fmt):
+            widths += re.findall(r"\d+", m.group(1)) + (["*"] if m.group(2) else [])
+    for w in widths:
+        if w == "*" or int(w) > MAX_COUNT:
+            raise _LimitExceeded(f"format width {w!r} (limit {MAX_COUNT}, given in the format string)")
+
+
+def _replaced_length(s: Any, old: Any, new: Any, count: Any = None) -> int:
+    s, old, new = str(s), str(old), str(new)
+    n = len(s) + 1 if not old else s.count(old)
+    if isinstance(count, int) and count >= 0:
+        n = min(n, count)
+    return len(s) + n * (len(new) - len(old))
+
+
+def _joined_length(items: Any, sep: Any) -> int:
+    return len(items) * len(str(sep)) if hasattr(items, "__len__") else 0
+
+
+def _padded_length(s: Any, width: Any, *_: Any) -> int:
+    return max(len(str(s)), int(width))
+
+
+# Upper bounds, before the call, on the length of what a filter or str method would build: each
+# can make its result far longer than its input and arguments (every match, line or tab gets an
+# argument; a width is a length).
+_FILTER_BOUNDS: dict[str, Callable[..., int]] = {
+    "replace": _replaced_length,
+    "center": lambda value, width=80: _padded_length(value, width),
+    "join": lambda value, d="", attribute=None: _joined_length(value, d),
+    "indent": lambda s, width=4, first=False, blank=False: len(str(s)) + (str(s).count("\n") + 1) * (
+        len(width) if isinstance(width, str) else int(width)),
+    "wordwrap": lambda s, width=79, break_long_words=True, wrapstring=None, break_on_hyphens=True: len(str(s)) + (
+        len(str(s)) + 1) * len(wrapstring or "\n"),
+}
+_METHOD_BOUNDS: dict[str, Callable[..., int]] = {
+    "replace": lambda s, old, new, count=-1: _replaced_length(s, old, new, count),
+    "center": _padded_length, "ljust": _padded_length, "rjust": _padded_length, "zfill": _padded_length,
+    "join": lambda sep, items: _joined_length(items, sep),
+    "expandtabs": lambda s, tabsize=8: len(s) + s.count("\t") * int(tabsize),
+}
+
+
+def _guarded_filter(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
+    """A filter counted as a step, refusing results too long (before building them where the
+    length can be foreseen)."""
+    hidden = 1 if getattr(f, "jinja_pass_arg", None) is not None else 0  # context/environment first
+    bound = _FILTER_BOUNDS.get(name)
+
+    @functools.wraps(f)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        _step()
+        if name in ("batch", "slice"):  # that many lists (or padding items) are built
+            _check_counts(args[hidden + 1:], kwargs, f"the {name} filter")
+        if name == "format" and len(args) > hidden:
+            _check_format(args[hidden], percent=True)
+        if bound is not None:
+            _check_length(bound(*args[hidden:], **kwargs), f"the {name} filter's result")
+        return _checked(f(*args, **kwargs))
+
+    return guarded
+
+
+def _bounded_range(*args: Any) -> range:
+    r = range(*args)
+    if len(r) > MAX_RANGE:
+        raise _LimitExceeded(f"range() of {len(r)} items (limit {MAX_RANGE})")
+    return r
+
+
+class _BoundedEnvironment(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, with the limits above on operators, calls and filters."""
+
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        sized = (str, list, tuple)
+        if operator == "*":
+            seq, n = (left, right) if isinstance(left, sized) else (right, left)
+            if isinstance(seq, sized) and isinstance(n, int):
+                _check_length(len(seq) * max(n, 0), "a repetition")
+            elif isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > MAX_INT_BITS:
+                raise _LimitExceeded(f"an integer product of more than {MAX_INT_BITS} bits")
+        elif operator == "**":
+            if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 0 and (
+                    right * (abs(left).bit_length() - 1) > MAX_INT_BITS):
+                raise _LimitExceeded(f"an integer power of more than {MAX_INT_BITS} bits")
+        elif operator == "+":
+            if isinstance(left, sized) and isinstance(right, sized):
+                _check_length(len(left) + len(right), "a concatenation")
+        elif operator == "%" and isinstance(left, str):
+            _check_format(left, percent=True)
+        return _checked(super().call_binop(context, operator, left, right))
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        _step()
+        if isinstance(__obj, LoopContext) and args:  # loop(children) of a recursive for: counted too
+            args = (_counted(args[0]), *args[1:])
+        owner = getattr(getattr(__obj, "__wrapped__", __obj), "__self__", None)  # str.format is wrapped
+        if isinstance(owner, str):
+            name = getattr(__obj, "__name__", "")
+            if name in ("format", "format_map"):
+                _check_format(owner, percent=False)
+            if name in _METHOD_BOUNDS:
+                _check_length(_METHOD_BOUNDS[name](owner, *args, **kwargs), f"str.{name}'s result")
+        return _checked(super().call(__context, __obj, *args, **kwargs))
+
+
+class _Bounded(NodeTransformer):
+    """Rewrites a parsed template so that every for loop counts its iterations and every ``~``
+    checks the length it builds (neither goes through a hook of the sandbox). The filters it adds
+    have names no template can write."""
+
+    def visit_For(self, node: jinja2.nodes.For) -> jinja2.nodes.Node:
+        self.generic_visit(node)
+        node.iter = jinja2.nodes.Filter(node.iter, "tritlm counted", [], [], None, None, lineno=node.lineno)
+        return node
+
+    def visit_Concat(self, node: jinja2.nodes.Concat) -> jinja2.nodes.Node:
+        self.generic_visit(node)
+        items = jinja2.nodes.List(node.nodes, lineno=node.lineno)
+        return jinja2.nodes.Filter(items, "tritlm concat", [], [], None, None, lineno=node.lineno)
+
+
+def _concat(items: list[Any]) -> str:
+    parts = [str(x) for x in items]
+    _check_length(sum(map(len, parts)), "a ~ concatenation")
+    return "".join(parts)
+
+
 @functools.cache
-def _environment() -> ImmutableSandboxedEnvironment:
+def _environment() -> _BoundedEnvironment:
     """Built once and shared: every template gets the same sandbox, options, globals and filters."""
-    env = ImmutableSandboxedEnvironment(
+    env = _BoundedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
     )
     env.filters["tojson"] = _tojson
+    env.filters = {name: _guarded_filter(name, f) for name, f in env.filters.items()}
+    env.filters["tritlm counted"] = _counted
+    env.filters["tritlm concat"] = _concat
+    env.globals["range"] = _bounded_range
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     env.globals["dict"] = _TemplateDict()
