@@ -395,6 +395,29 @@ def test_unsupported_fields_are_400_naming_the_field(client: openai.OpenAI) -> N
     assert e.value.param == "previous_response_id"
 
 
+def test_images_and_tool_messages_are_refused_saying_so(client: openai.OpenAI, server: Running) -> None:
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    tool_turn = [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"}]
+    cases = [([{"role": "user", "content": [{"type": "text", "text": "What is this?"}, image]}],
+              "messages[0].content[1].type", "image inputs are not supported"),
+             ([MESSAGES[1], *tool_turn], "messages[2].role", "'tool' messages are not supported")]
+    for messages, param, says in cases:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model=MODEL_ID, messages=messages, stream=True)
+        assert (e.value.param, e.value.code) == (param, "invalid_value") and says in e.value.message
+        r = httpx.post(f"{server.url}/tokenize", json={"model": MODEL_ID, "messages": messages})
+        assert r.status_code == 400 and r.json()["error"]["param"] == param
+    for item, param, says in ((
+            {"role": "user", "content": [{"type": "input_image", "image_url": "https://example.com/cat.png"}]},
+            "input[0].content[0].type", "image inputs are not supported"),
+            ({"type": "function_call_output", "call_id": "c1", "output": "42"}, "input[0].type", "not supported")):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.responses.create(model=MODEL_ID, input=[item])
+        assert (e.value.param, e.value.code) == (param, "invalid_value") and says in e.value.message
+
+
 def test_prompt_longer_than_context_is_400_naming_the_field(client: openai.OpenAI, server: Running) -> None:
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "word " * 2000}], stream=True)

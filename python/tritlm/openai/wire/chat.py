@@ -6,16 +6,19 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
-from .common import RequestModel, SamplingFields, TokenLogprob, Usage
+from .common import MEDIA_PARTS, RequestModel, SamplingFields, TokenLogprob, Usage, refused
+
+NO_TOOLS = refused({role: f"'{role}' messages are not supported (this server does no tool calling)"
+                    for role in ("tool", "function")})
 
 
 class TextPart(RequestModel):
-    type: Literal["text"]
+    type: Annotated[Literal["text"], MEDIA_PARTS]
     text: str
 
 
 class ChatMessage(RequestModel):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Annotated[Literal["system", "developer", "user", "assistant"], NO_TOOLS]
     content: str | list[TextPart] | None = None
     name: str | None = None
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from ...errors import RequestError
 
@@ -30,7 +31,7 @@ class RequestModel(BaseModel):
 
     @classmethod
     def parse(cls, body: bytes) -> Any:
-        """The validated request, or RequestError naming the first offending field."""
+        """The validated request, or RequestError naming an offending field."""
         if not body.strip():
             raise RequestError("the request body is empty; expected a JSON object", code="invalid_json")
         try:
@@ -56,8 +57,29 @@ def _param(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def refused(reasons: dict[str, str]) -> BeforeValidator:
+    """For a field whose values OpenAI defines but this server cannot honour: those values are
+    refused with the reason (``reasons[value]``), where the field's type alone would only say
+    that the value is not one of those it takes."""
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and value in reasons:
+            raise PydanticCustomError("unsupported_value", reasons[value])
+        return value
+
+    return BeforeValidator(check)
+
+
+MEDIA_PARTS = refused({kind: f"{what} inputs are not supported (this server's models read text only)"
+                       for kind, what in (("image_url", "image"), ("input_image", "image"), ("input_audio", "audio"),
+                                          ("file", "file"), ("input_file", "file"))})
+"""On a content part's ``type``: the parts a text-only model cannot read."""
+
+
 def _request_error(e: ValidationError) -> RequestError:
-    err = e.errors(include_url=False)[0]
+    # A union reports every member's failure, the plainest first: message content sent as a list
+    # of parts fails as "not a string" before the part that is wrong. The deepest error is in the
+    # member the client meant.
+    err = max(e.errors(include_url=False), key=lambda error: len(error["loc"]))
     kind = err["type"]
     if kind == "json_invalid":
         return RequestError(f"the request body is not valid JSON: {err['msg']}", code="invalid_json")

@@ -6,18 +6,21 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from .common import RequestModel, SamplingFields, TokenLogprob
+from .common import MEDIA_PARTS, RequestModel, SamplingFields, TokenLogprob, refused
 
 Role = Literal["system", "developer", "user", "assistant"]
+NO_TOOLS = refused({kind: f"'{kind}' items are not supported (this server does no tool calling)"
+                    for kind in ("function_call", "function_call_output", "custom_tool_call",
+                                 "custom_tool_call_output")})
 
 
 class InputText(RequestModel):
-    type: Literal["input_text", "output_text", "text"]
+    type: Annotated[Literal["input_text", "output_text", "text"], MEDIA_PARTS]
     text: str
 
 
 class InputMessage(RequestModel):
-    type: Literal["message"] = "message"
+    type: Annotated[Literal["message"], NO_TOOLS] = "message"
     role: Role
     content: str | list[InputText]
 
