@@ -77,6 +77,12 @@ def test_config_file_env_and_command_line_layer(model: Path, tmp_path: Path) -> 
     toml.write_text('[models.x]\npath = "m"\n[models.x.defaults]\ntemprature = 1\n')
     with pytest.raises(ConfigurationError, match="temprature"):
         build_config(["--config", str(toml)], environ={})
+    # defaults reach the engine as request fields do: what a request may not send, they may not hold
+    for bad, named in (("repetition_penalty = 200", "repetition_penalty"), ('top_k = "forty"', "top_k"),
+                       ("max_tokens = 0", "max_tokens"), ("stop = 5", "stop")):
+        toml.write_text(f'[models.x]\npath = "m"\n[models.x.defaults]\n{bad}\n')
+        with pytest.raises(ConfigurationError, match=named):
+            build_config(["--config", str(toml)], environ={})
 
 
 def test_sigterm_finishes_the_request_in_flight_and_exits_0(model: Path) -> None:

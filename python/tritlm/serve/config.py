@@ -4,15 +4,17 @@ config file is reported instead of silently ignored."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, RequestError
 from ..http import Limits
 from ..openai.generation import DEFAULT_KEYS
+from ..openai.wire.common import SamplingFields
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -145,10 +147,24 @@ def model_config(model_id: str, path: str, **kw: Any) -> ModelConfig:
             raise ConfigurationError(f"{where}: {name} must be positive, got {value}")
     if m.max_waiting is not None and m.max_waiting < 0:
         raise ConfigurationError(f"{where}: max_waiting must be 0 or more, got {m.max_waiting}")
-    _unknown(m.defaults, set(DEFAULT_KEYS), f"{where} defaults")
+    _check_defaults(m.defaults, f"{where} defaults")
     if not os.path.exists(path):
         raise ConfigurationError(f"{where}: no such file or folder: {path}")
     return m
+
+
+def _check_defaults(defaults: dict[str, Any], where: str) -> None:
+    """Defaults reach the engine as a request's fields do, so they get the request schema's
+    checks: a value the engine would refuse stops the start instead of failing every request."""
+    _unknown(defaults, set(DEFAULT_KEYS), where)
+    sampling = {k: v for k, v in defaults.items() if k != "max_tokens"}
+    try:
+        SamplingFields.parse(json.dumps(sampling, default=str).encode())
+    except RequestError as e:
+        raise ConfigurationError(f"{where}: {e}") from None
+    max_tokens = defaults.get("max_tokens")
+    if max_tokens is not None and _typed(max_tokens, int, f"{where} max_tokens") < 1:
+        raise ConfigurationError(f"{where} max_tokens must be at least 1, got {max_tokens}")
 
 
 def apply_settings(config: ServeConfig, settings: dict[str, Any], where: str) -> ServeConfig:
