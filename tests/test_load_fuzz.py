@@ -168,6 +168,12 @@ def test_absurd_dimensions(base, tmp_path):
                          struct.pack("<I", 10 ** 9)), "embedding_length|dim")
     expect_error(patched(base, tmp_path / "heads.gguf", f["bitnet-b1.58.attention.head_count_kv"]["value"],
                          struct.pack("<I", 3)), "n_kv_heads|head_count")
+    expect_error(patched(base, tmp_path / "heads0.gguf", f["bitnet-b1.58.attention.head_count"]["value"],
+                         struct.pack("<I", 0)), "head_count = 0 is out of range")
+    for n in (2 ** 40, 0):  # a trained context length no model has
+        p = mf.rewrite_gguf(base, tmp_path / "ctx.gguf", fields={
+            "bitnet-b1.58.context_length": (n, gguf.GGUFValueType.UINT64)})
+        expect_error(p, rf"max_position \(the trained context length\) must be an integer in 1\.\.1073741824, got {n}")
     # array and string lengths beyond the file: bounded before looping (gguf-py would spin)
     tok = f["tokenizer.ggml.tokens"]["parts"]
     expect_error(patched(base, tmp_path / "arr.gguf", tok[4], struct.pack("<Q", 1 << 60)), "past the end")

@@ -186,6 +186,26 @@ def test_modules_to_not_convert_stay_float(tmp_path, models):
     ({"hidden_size": 512}, "shape"),
     ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}}, "RoPE"),
     ({"attention_bias": True}, "bias"),
+    # values of the wrong JSON type: refused by name, never a bare TypeError or a silent default
+    ({"hidden_act": ["relu2"]}, r"hidden_act \['relu2'\] is not supported"),
+    ({"hidden_act": {"a": 1}}, "hidden_act .* is not supported"),
+    ({"tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false, got 'false'"),
+    ({"attention_bias": "false"}, "attention_bias must be true or false"),
+    ({"quantization_config": {"quant_method": "bitnet", "linear_class": "autobitlinear",
+                              "quantization_mode": "online", "use_rms_norm": "false"}},
+     "quantization_config.use_rms_norm must be true or false"),
+    ({"hidden_size": "256"}, "hidden_size must be a positive integer, got '256'"),
+    ({"vocab_size": 300.0}, "vocab_size must be a positive integer, got 300.0"),
+    ({"num_attention_heads": 0}, "num_attention_heads must be a positive integer, got 0"),
+    ({"num_key_value_heads": -2}, "num_key_value_heads must be a positive integer"),
+    ({"head_dim": 0}, "head_dim must be a positive integer"),
+    ({"max_position_embeddings": "4096"}, "max_position_embeddings must be a positive integer"),
+    ({"max_position_embeddings": 2 ** 40}, r"max_position \(the trained context length\) must be an integer in 1\.\.1073741824"),
+    ({"rms_norm_eps": "1e-5"}, "rms_norm_eps must be a number"),
+    ({"rope_theta": "abc"}, "rope_theta must be a number"),
+    ({"rope_scaling": "yarn"}, "rope_scaling must be an object"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "RoPE scaling 'yarn'"),
+    ({"rope_parameters": [1]}, "rope_parameters must be an object"),
 ])
 def test_hf_config_errors(tmp_path, models, change, message):
     folder = tmp_path / "bad"
@@ -194,6 +214,39 @@ def test_hf_config_errors(tmp_path, models, change, message):
     with pytest.raises(ModelLoadError, match=message) as e:
         load_hf(folder)
     assert str(folder) in str(e.value)
+
+
+@pytest.mark.parametrize("file, content, message", [
+    ("tokenizer.json", {"model": {"type": "Unigram", "vocab": [["a", 0.0]]}},
+     "tokenizer.json: tokenizer model type 'Unigram' is not supported"),
+    ("tokenizer.json", {"model": {"type": "WordPiece", "vocab": {"a": 0}}}, "model type 'WordPiece'"),
+    ("tokenizer.json", {}, "tokenizer.json: tokenizer has no model object"),
+    ("tokenizer_config.json", {"chat_template": [1, 2]}, "chat_template must be a string or a list of"),
+    ("tokenizer_config.json", {"chat_template": [{"name": "tool_use", "template": "x"}]},
+     r"chat_template lists templates \['tool_use'\] but none named 'default'"),
+    ("tokenizer_config.json", {"bos_token": 5}, "bos_token must be a token's text"),
+    ("tokenizer_config.json", {"add_bos_token": "true"}, "add_bos_token must be true or false"),
+    ("generation_config.json", {"eos_token_id": [None]}, "token id None is not in the vocabulary"),
+    ("chat_template.json", [1], "chat_template.json: not a JSON object"),
+])
+def test_hf_tokenizer_file_errors(tmp_path, models, file, content, message):
+    folder = tmp_path / "tok"
+    shutil.copytree(models["master"], folder)
+    if file == "chat_template.json":
+        (folder / "tokenizer_config.json").write_text("{}")
+    (folder / file).write_text(json.dumps(content))
+    with pytest.raises(ModelLoadError, match=message) as e:
+        load_hf(folder)
+    assert str(folder) in str(e.value)
+
+
+def test_hf_named_chat_templates(tmp_path, models):
+    """transformers' list form: apply_chat_template without a name uses the one named default."""
+    folder = tmp_path / "named"
+    shutil.copytree(models["master"], folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": [
+        {"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}))
+    assert load_hf(folder).chat_template == "D"
 
 
 def test_hf_file_errors(tmp_path, models):

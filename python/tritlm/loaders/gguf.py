@@ -511,8 +511,8 @@ class _Loader:
         }
         if arch in _QK_NORM_ARCHS:
             config["qk_norm"] = True
-        if max_position is not None and max_position > 0:
-            config["max_position"] = int(max_position)
+        if max_position is not None:
+            config["max_position"] = max_position
         check_config(config, self.path)
 
         shapes = expected_shapes(config)

@@ -285,7 +285,7 @@ class _HF:
         cfg = _read_json(cfg_path, required=True)
         if not isinstance(cfg, dict):
             raise _Bad(cfg_path, "not a JSON object")
-        config, quant = self.config(cfg, cfg_path)
+        config, quant, tied = self.config(cfg, cfg_path)
         self.files = _open_shards(folder)
         for f in self.files:
             for name in f.tensors:
@@ -298,7 +298,6 @@ class _HF:
         types: dict[str, str] = {}
         emb_name = "model.embed_tokens.weight"
         weights["token_embd"], types["token_embd"] = self.embedding(emb_name, shapes["token_embd"])
-        tied = bool(cfg.get("tie_word_embeddings", False))
         if not tied:
             weights["output"], types["output"] = self.embedding("lm_head.weight", shapes["token_embd"])
         elif self.has("lm_head.weight"):
@@ -325,59 +324,80 @@ class _HF:
         validate_spec(spec)
         return spec
 
-    def config(self, cfg: dict, where: str) -> tuple[dict, dict | None]:
+    def config(self, cfg: dict, where: str) -> tuple[dict, dict | None, bool]:
+        """The engine config, the BitNet quantization settings (None without them), and whether
+        the head is tied to the embedding. Every field is type-checked: JSON written by hand or
+        by other tools gives numbers as strings and booleans as "false"."""
         model_type = cfg.get("model_type")
         if model_type not in ("bitnet", "llama"):
             raise _Bad(where, f"model_type {model_type!r} is not supported (bitnet, or llama with BitNet quantization)")
 
-        def num(key: str, default=None, kind=int):
-            v = cfg.get(key, default)
+        def size(key: str, default: int | None = None) -> int:
+            v = cfg.get(key)
+            if v is None and default is not None:
+                return default
             if v is None:
                 raise _Bad(where, f"missing {key}")
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise _Bad(where, f"{key} must be a positive integer, got {v!r}")
+            return v
+
+        def number(key: str, default: float, obj: dict = cfg) -> Any:
+            v = obj.get(key)
+            if v is None:
+                return default
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise _Bad(where, f"{key} must be a number, got {v!r}")
             return v
 
-        dim, n_heads = num("hidden_size"), num("num_attention_heads")
-        n_kv = cfg.get("num_key_value_heads")
-        n_kv = n_heads if n_kv is None else num("num_key_value_heads")
-        head_dim = cfg.get("head_dim")
-        if head_dim is None:
-            if n_heads <= 0 or dim % n_heads:
-                raise _Bad(where, f"hidden_size {dim} is not a multiple of num_attention_heads {n_heads}")
-            head_dim = dim // n_heads
-        else:
-            head_dim = num("head_dim")
-        rope = cfg.get("rope_parameters") or {}
-        if not isinstance(rope, dict):
-            raise _Bad(where, "rope_parameters is not an object")
-        theta = cfg.get("rope_theta", rope.get("rope_theta", 500000.0 if model_type == "bitnet" else 10000.0))
-        scaling = cfg.get("rope_scaling") or {}
-        rtype = rope.get("rope_type") or (scaling.get("rope_type") or scaling.get("type") if isinstance(scaling, dict) else None)
-        factor = (scaling.get("factor", 1.0) if isinstance(scaling, dict) else 1.0)
-        if rtype not in (None, "default") and not (rtype == "linear" and factor == 1.0):
-            raise _Bad(where, f"RoPE scaling {rtype!r} is not supported")
+        def flag(key: str, default: bool, obj: dict = cfg, what: str = "") -> bool:
+            v = obj.get(key)
+            if v is None:
+                return default
+            if not isinstance(v, bool):
+                raise _Bad(where, f"{what}{key} must be true or false, got {v!r}")
+            return v
+
+        def section(key: str) -> dict:
+            v = cfg.get(key)
+            if v is None:
+                return {}
+            if not isinstance(v, dict):
+                raise _Bad(where, f"{key} must be an object, got {v!r}")
+            return v
+
+        dim, n_heads = size("hidden_size"), size("num_attention_heads")
+        n_kv = size("num_key_value_heads", n_heads)
+        if cfg.get("head_dim") is None and dim % n_heads:
+            raise _Bad(where, f"hidden_size {dim} is not a multiple of num_attention_heads {n_heads}")
+        head_dim = size("head_dim", dim // n_heads)
+        rope, scaling = section("rope_parameters"), section("rope_scaling")
+        theta = number("rope_theta", number("rope_theta", 500000.0 if model_type == "bitnet" else 10000.0, rope))
+        for params in (rope, scaling):  # transformers 5 names it rope_parameters, 4 rope_scaling
+            rtype = params.get("rope_type", params.get("type"))
+            if rtype not in (None, "default") and not (rtype == "linear" and params.get("factor", 1.0) == 1.0):
+                raise _Bad(where, f"RoPE scaling {rtype!r} is not supported")
         act = cfg.get("hidden_act", "relu2" if model_type == "bitnet" else "silu")
-        if act not in _ACTIVATIONS:
+        if not isinstance(act, str) or act not in _ACTIVATIONS:
             raise _Bad(where, f"hidden_act {act!r} is not supported (relu2 or silu)")
         for key in ("attention_bias", "mlp_bias"):
-            if cfg.get(key):
+            if flag(key, False):
                 raise _Bad(where, f"{key} is set; linear biases are not supported")
         config = {
             "arch": "bitnet-b1.58" if model_type == "bitnet" else "llama",
-            "n_layers": num("num_hidden_layers"), "dim": dim, "n_heads": n_heads, "n_kv_heads": n_kv,
-            "head_dim": head_dim, "ffn_dim": num("intermediate_size"), "vocab_size": num("vocab_size"),
+            "n_layers": size("num_hidden_layers"), "dim": dim, "n_heads": n_heads, "n_kv_heads": n_kv,
+            "head_dim": head_dim, "ffn_dim": size("intermediate_size"), "vocab_size": size("vocab_size"),
             # as f32, the precision the engine computes in and GGUF stores (so both loaders agree)
             "rope_theta": _f32(theta),
-            "norm_eps": _f32(num("rms_norm_eps", 1e-5 if model_type == "bitnet" else 1e-6, float)),
+            "norm_eps": _f32(number("rms_norm_eps", 1e-5 if model_type == "bitnet" else 1e-6)),
             "activation": _ACTIVATIONS[act], "sub_norms": model_type == "bitnet",
         }
         if model_type == "bitnet" and config["activation"] == "silu":
             config["arch"] = "bitnet"
-        mp = cfg.get("max_position_embeddings")
-        if isinstance(mp, int) and not isinstance(mp, bool) and mp > 0:
-            config["max_position"] = mp
+        if cfg.get("max_position_embeddings") is not None:
+            config["max_position"] = size("max_position_embeddings")
         check_config(config, where)
+        tied = flag("tie_word_embeddings", False)
 
         quant = cfg.get("quantization_config")
         if quant is not None:
@@ -388,7 +408,7 @@ class _HF:
                 "linear_class": quant.get("linear_class") or "bitlinear",
                 "mode": quant.get("quantization_mode") or "offline",
                 "skip": quant.get("modules_to_not_convert"),
-                "rms_norm": bool(quant.get("use_rms_norm", False)),
+                "rms_norm": flag("use_rms_norm", False, quant, "quantization_config."),
             }
             if quant["linear_class"] not in ("bitlinear", "autobitlinear"):
                 raise _Bad(where, f"linear_class {quant['linear_class']!r} is not supported")
@@ -400,7 +420,7 @@ class _HF:
                 raise _Bad(where, "modules_to_not_convert is not a list of strings")
         elif model_type == "llama":
             raise _Bad(where, "a llama model without a BitNet quantization_config is not a ternary model")
-        return config, quant
+        return config, quant, tied
 
     def _float(self, name: str) -> tuple[np.ndarray, str]:
         arr, dt = self.get(name)
@@ -498,20 +518,25 @@ class _HF:
 # tokenizer files
 
 
-def _token_content(v: Any) -> str | None:
-    if isinstance(v, str):
-        return v
-    if isinstance(v, dict) and isinstance(v.get("content"), str):
-        return v["content"]
-    return None
+def _bpe_model(tj: Any) -> dict:
+    """tokenizer.json's model, which must be BPE (byte-level, or SentencePiece-style with byte
+    fallback): Unigram and WordPiece vocabularies are lists or lack merges, and tritlm does not run
+    them. Files written before the "type" tag existed are recognized by their merges."""
+    model = tj.get("model") if isinstance(tj, dict) else None
+    if not isinstance(model, dict):
+        raise ValueError("tokenizer has no model object")
+    kind = model.get("type", "BPE" if "merges" in model else None)
+    if kind != "BPE":
+        raise ValueError(f"tokenizer model type {kind!r} is not supported (tritlm reads BPE tokenizers)")
+    if not isinstance(model.get("vocab"), dict):
+        raise ValueError("tokenizer's BPE model has no vocab object")
+    return model
 
 
 def hf_vocab(tj: dict, vocab_size: int | None = None) -> dict:
     """Tokens by id, token types (llama.cpp's: 1 normal, 3 control, 4 user-defined, 5 unused),
     merges ("a b") and the llama.cpp pre-tokenizer name of a byte-level BPE tokenizer.json."""
-    model = tj.get("model") if isinstance(tj, dict) else None
-    if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
-        raise ValueError("only byte-level BPE tokenizer.json files are supported")
+    model = _bpe_model(tj)
     added = [a for a in tj.get("added_tokens") or [] if isinstance(a, dict)]
     ids = [i for i in model["vocab"].values() if isinstance(i, int)] + [a.get("id") for a in added if isinstance(a.get("id"), int)]
     n = max(ids, default=-1) + 1
@@ -591,12 +616,11 @@ def read_tokenizer_files(folder: str, cfg: dict, vocab_size: int) -> dict:
         tj = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise _Bad(tj_path, f"not valid JSON ({e})") from None
-    if not isinstance(tj, dict):
-        raise _Bad(tj_path, "not a JSON object")
-    ids: dict[str, int] = {}
-    model = tj.get("model")
-    if isinstance(model, dict) and isinstance(model.get("vocab"), dict):
-        ids.update({t: i for t, i in model["vocab"].items() if isinstance(i, int)})
+    try:
+        model = _bpe_model(tj)
+    except ValueError as e:
+        raise _Bad(tj_path, str(e)) from None
+    ids = {t: i for t, i in model["vocab"].items() if isinstance(i, int)}
     for a in tj.get("added_tokens") or []:
         if isinstance(a, dict) and isinstance(a.get("content"), str) and isinstance(a.get("id"), int):
             ids[a["content"]] = a["id"]
@@ -611,51 +635,58 @@ def read_tokenizer_files(folder: str, cfg: dict, vocab_size: int) -> dict:
     if not isinstance(tc, dict) or not isinstance(gc, dict):
         raise _Bad(folder, "tokenizer_config.json / generation_config.json is not a JSON object")
 
-    def check_id(v: Any, where: str) -> int | None:
-        if v is None:
+    def check_id(v: Any, where: str, optional: bool = True) -> int | None:
+        if v is None and optional:
             return None
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < vocab_size:
             raise _Bad(where, f"token id {v!r} is not in the vocabulary ({vocab_size})")
         return v
 
-    def tok_id(v: Any, where: str) -> int | None:
-        s = _token_content(v)
-        if s is None:
+    def tok_id(key: str) -> int | None:
+        """tokenizer_config.json's bos_token / eos_token: a token's text, or an AddedToken
+        object holding it."""
+        v = tc.get(key)
+        if v is None:
             return None
+        s = v.get("content") if isinstance(v, dict) else v
+        if not isinstance(s, str):
+            raise _Bad(tc_path, f"{key} must be a token's text or an object with its content, got {v!r}")
         if s not in ids:
-            raise _Bad(where, f"token {s!r} is not in tokenizer.json")
+            raise _Bad(tc_path, f"{key} {s!r} is not in tokenizer.json")
         return ids[s]
+
+    def flag(key: str) -> bool | None:
+        v = tc.get(key)
+        if v is not None and not isinstance(v, bool):
+            raise _Bad(tc_path, f"{key} must be true or false, got {v!r}")
+        return v
 
     def id_list(v: Any, where: str) -> list[int]:
         if isinstance(v, list):
-            return [check_id(x, where) for x in v]  # type: ignore[misc]
+            return [check_id(x, where, optional=False) for x in v]  # type: ignore[misc]
         x = check_id(v, where)
         return [] if x is None else [x]
 
-    bos = tok_id(tc.get("bos_token"), tc_path)
+    bos = tok_id("bos_token")
     if bos is None:
         bos = check_id(gc.get("bos_token_id"), gc_path)
     if bos is None:
         bos = check_id(cfg.get("bos_token_id"), os.path.join(folder, "config.json"))
     eos_ids = id_list(gc.get("eos_token_id"), gc_path)
-    e = tok_id(tc.get("eos_token"), tc_path)
+    e = tok_id("eos_token")
     if e is not None:
         eos_ids.append(e)
     eos_ids += id_list(cfg.get("eos_token_id"), os.path.join(folder, "config.json"))
     eos_ids = list(dict.fromkeys(eos_ids))
 
     post_bos = _template_bos(tj.get("post_processor"), ids)
-    stated_bos = tc.get("add_bos_token") if isinstance(tc.get("add_bos_token"), bool) else None
-    stated_eos = tc.get("add_eos_token") if isinstance(tc.get("add_eos_token"), bool) else None
+    stated_bos, stated_eos = flag("add_bos_token"), flag("add_eos_token")
     add_bos = (post_bos is not None) if stated_bos is None else stated_bos
     if add_bos and bos is None:
         bos = post_bos
     add_eos = bool(stated_eos)
 
-    template = tc.get("chat_template")
-    if isinstance(template, list):  # [{"name": ..., "template": ...}]
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default") or next(iter(named.values()), None)
+    template = _chat_template(tc.get("chat_template"), tc_path)
     for fname in ("chat_template.jinja", "chat_template.json"):
         p = os.path.join(folder, fname)
         if template is None and os.path.isfile(p):
@@ -666,13 +697,12 @@ def read_tokenizer_files(folder: str, cfg: dict, vocab_size: int) -> dict:
                     except UnicodeDecodeError:
                         raise _Bad(p, "not valid UTF-8") from None
             else:
-                template = (_read_json(p) or {}).get("chat_template")
-    if template is not None and not isinstance(template, str):
-        raise _Bad(tc_path, "chat_template is not a string")
+                j = _read_json(p)
+                if not isinstance(j, dict):
+                    raise _Bad(p, "not a JSON object")
+                template = _chat_template(j.get("chat_template"), p)
 
-    unk = None
-    if isinstance(model, dict) and isinstance(model.get("unk_token"), str):
-        unk = ids.get(model["unk_token"])
+    unk = ids.get(model["unk_token"]) if isinstance(model.get("unk_token"), str) else None
     try:
         source = make_tokenizer_source(
             tokenizer_json=text, bos_id=bos, eos_id=eos_ids[0] if eos_ids else None, unk_id=unk,
@@ -682,6 +712,20 @@ def read_tokenizer_files(folder: str, cfg: dict, vocab_size: int) -> dict:
         raise _Bad(tj_path, f"tokenizer: {e}") from None
     return {"source": source, "chat_template": template, "bos_id": bos, "eos_ids": eos_ids,
             "add_bos": add_bos, "add_eos": add_eos, "tokenizer_json": tj}
+
+
+def _chat_template(value: Any, where: str) -> str | None:
+    """A chat_template field: the template's source, or transformers' list of named templates,
+    of which it uses the one named "default" (apply_chat_template without a template name)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(
+            isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("template"), str) for t in value):
+        named = {t["name"]: t["template"] for t in value}
+        if "default" not in named:
+            raise _Bad(where, f"chat_template lists templates {sorted(named)} but none named 'default'")
+        return named["default"]
+    raise _Bad(where, f"chat_template must be a string or a list of {{name, template}} objects, got {value!r:.80}")
 
 
 def load_hf(folder: str | os.PathLike) -> ModelSpec:

@@ -47,6 +47,7 @@ MAX_DIM = 1 << 17          # hidden size, ffn size, head_dim * heads
 MAX_LAYERS = 1 << 12
 MAX_HEADS = 1 << 12
 MAX_VOCAB = 1 << 23
+MAX_POSITION = 1 << 30     # a trained context length; 2^40 is a corrupt field, not a model
 
 
 @dataclass
@@ -133,8 +134,8 @@ def check_config(config: dict, where: str) -> None:
     if not isinstance(config.get("qk_norm", False), bool):
         fail("qk_norm must be a bool")
     mp = config.get("max_position")
-    if mp is not None and (isinstance(mp, bool) or not isinstance(mp, int) or mp <= 0):
-        fail(f"max_position must be a positive integer, got {mp!r}")
+    if mp is not None and (isinstance(mp, bool) or not isinstance(mp, int) or not 0 < mp <= MAX_POSITION):
+        fail(f"max_position (the trained context length) must be an integer in 1..{MAX_POSITION}, got {mp!r}")
 
 
 def _shape_of(w: object) -> tuple[int, ...]:
