@@ -238,3 +238,27 @@ def test_pool_survives_changing_thread_counts_and_busy_cores() -> None:
     finally:
         stop.set()
         spinner.join()
+
+
+@pytest.mark.parametrize("weight_scale, linear_class, match", [
+    (1e-45, "bitlinear", r"1 / weight_scale \(weight_scale = 1.4013e-45\) overflows float32"),
+    (float("inf"), "bitlinear", "weight_scale is inf; it must be a positive finite number"),
+    (float("inf"), "autobitlinear", "weight_scale is inf"),  # once silently all-zero weights
+    (float("nan"), "autobitlinear", "weight_scale is nan"),
+    (0.0, "bitlinear", "weight_scale is 0; it must be a positive finite number"),
+    (-0.5, "autobitlinear", "weight_scale is -0.5"),
+    (np.ones(2), "bitlinear", r"weight_scale must hold one value, got shape \(2,\)"),
+    (1.0, "linear", "linear_class must be 'bitlinear' or 'autobitlinear'"),
+])
+def test_hf_weight_scale_is_checked(weight_scale: object, linear_class: str, match: str) -> None:
+    packed = np.full((2, 128), 0x55, dtype=np.uint8)  # every code 1: weight 0
+    with pytest.raises(ValueError, match=match):
+        kernels.repack_hf_packed(packed, weight_scale, linear_class=linear_class)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=match):
+        kernels.hf_weight_multiplier(weight_scale, linear_class)  # type: ignore[arg-type]
+
+
+def test_hf_weight_multiplier_by_linear_class() -> None:
+    assert kernels.hf_weight_multiplier(4.0) == np.float32(0.25)
+    assert kernels.hf_weight_multiplier(4.0, "autobitlinear") == np.float32(4.0)
+    assert kernels.hf_weight_multiplier(1e-38) == np.float32(1) / np.float32(1e-38)  # finite: kept

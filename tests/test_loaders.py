@@ -293,6 +293,24 @@ def test_hf_non_finite_floats_are_refused(tmp_path, models, variant, tensor, ind
         load_hf(folder)
 
 
+@pytest.mark.parametrize("variant, value, message", [
+    ("packed", 1e-45, r"q_proj.weight: 1 / weight_scale \(weight_scale = 1.4013e-45\) overflows float32"),
+    ("packed", 0.0, "q_proj.weight: weight_scale is 0; it must be a positive finite number"),
+    ("packed_auto", -2.0, "q_proj.weight: weight_scale is -2"),
+])
+def test_hf_weight_scale_out_of_range(tmp_path, models, variant, value, message):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "scale"
+    shutil.copytree(models[variant], folder)
+    sd = load_file(str(folder / "model.safetensors"))
+    sd["model.layers.0.self_attn.q_proj.weight_scale"] = torch.tensor([value], dtype=torch.float32)
+    save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match=message):
+        load_hf(folder)
+
+
 def test_hf_missing_and_extra_tensors(tmp_path, models):
     from safetensors.torch import load_file, save_file
 

@@ -20,6 +20,7 @@ __all__ = [
     "QuantizedActivations",
     "activations_from_int8",
     "available_isas",
+    "hf_weight_multiplier",
     "linear",
     "matmul",
     "pack_binary",
@@ -132,19 +133,33 @@ def repack_hf_packed(
     as in transformers' integrations/bitnet.py: ``"bitlinear"`` (microsoft/bitnet-b1.58-2B-4T)
     divides the output by it, ``"autobitlinear"`` multiplies. tritlm stores a multiplier.
     """
+    multiplier = hf_weight_multiplier(weight_scale, linear_class)
+    return _core.repack_hf_packed(_require_array(packed, "packed"), float(multiplier), n_threads)
+
+
+def hf_weight_multiplier(weight_scale: float | npt.ArrayLike, linear_class: str = "bitlinear") -> np.float32:
+    """The f32 multiplier of a Hugging Face BitNet layer's ternary weights: ``1 / weight_scale``
+    for ``"bitlinear"``, ``weight_scale`` for ``"autobitlinear"`` (see repack_hf_packed).
+
+    A weight_scale that is not a positive finite number has no meaning (an infinite one would
+    silently zero the layer), and a tiny one whose reciprocal overflows f32 is refused as such,
+    so the error says which of the two went wrong."""
     scale = np.asarray(weight_scale, dtype=np.float32)
     if scale.size != 1:
         raise ValueError(f"weight_scale must hold one value, got shape {scale.shape}")
     scale = scale.reshape(())
-    if linear_class == "bitlinear":
-        if scale == 0:
-            raise ValueError("weight_scale is 0; a BitLinear checkpoint divides by it")
-        multiplier = np.float32(1) / scale
-    elif linear_class == "autobitlinear":
-        multiplier = scale
-    else:
+    if linear_class not in ("bitlinear", "autobitlinear"):
         raise ValueError(f"linear_class must be 'bitlinear' or 'autobitlinear', got {linear_class!r}")
-    return _core.repack_hf_packed(_require_array(packed, "packed"), float(multiplier), n_threads)
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"weight_scale is {float(scale):g}; it must be a positive finite number")
+    if linear_class == "autobitlinear":
+        return scale
+    with np.errstate(over="ignore"):
+        multiplier = np.float32(1) / scale
+    if not np.isfinite(multiplier):
+        raise ValueError(f"1 / weight_scale (weight_scale = {float(scale):g}) overflows float32; "
+                         "a bitlinear layer divides by weight_scale")
+    return multiplier
 
 
 def quantize_activations(

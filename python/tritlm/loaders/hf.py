@@ -489,14 +489,12 @@ class _HF:
             if p.shape[1] != k:
                 raise _Bad(path, f"tensor {wname} has shape {list(p.shape)}, expected [{n // 4}, {k}]")
             ws = weight_scale(None if cls == "bitlinear" else 1.0)
-            if cls == "bitlinear" and ws == 0:
-                raise _Bad(path, f"{sname} is 0; BitLinear divides by it")
-            if k % 128 == 0:
-                try:
+            try:
+                if k % 128 == 0:
                     return kernels.repack_hf_packed(p, ws, linear_class=cls), "hf_packed"
-                except ValueError as e:
-                    raise _Bad(path, f"tensor {wname}: {e}") from None
-            mult = np.float32(1) / ws if cls == "bitlinear" else ws
+                mult = kernels.hf_weight_multiplier(ws, cls)
+            except ValueError as e:
+                raise _Bad(path, f"tensor {wname}: {e}") from None
             return (_unpack_hf(p, f"{path}: {wname}").astype(np.float32) * mult), "hf_packed"
         if dt == "U8":
             raise _Bad(path, f"tensor {wname} is packed uint8, but {cls} ({mode}) expects float master weights")
@@ -510,8 +508,11 @@ class _HF:
                 return codes.astype(np.float32) * mult, dt.lower()
             return kernels.pack_ternary(codes, float(mult)), dt.lower()
         # autobitlinear offline with a float weight: y = (x_q @ W^T) * weight_scale
-        w = w.astype(np.float32) * weight_scale(1.0)
-        return linear_from_dense(w, allow_binary=False), dt.lower()
+        try:
+            mult = kernels.hf_weight_multiplier(weight_scale(1.0), cls)
+        except ValueError as e:
+            raise _Bad(path, f"tensor {sname}: {e}") from None
+        return linear_from_dense(w.astype(np.float32) * mult, allow_binary=False), dt.lower()
 
 
 # ----------------------------------------------------------------------------------------------
