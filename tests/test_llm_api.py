@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -19,8 +20,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 import model_factory as mf  # noqa: E402
 
 import tritlm  # noqa: E402
+import tritlm.scheduler  # noqa: E402
 from tritlm.errors import (  # noqa: E402
-    ChatTemplateError, ContextOverflowError, EngineClosedError, InvalidMessagesError, ModelLoadError,
+    ChatTemplateError, ConfigurationError, ContextOverflowError, EngineClosedError, InvalidArgumentError,
+    InvalidMessagesError, ModelLoadError,
 )
 
 PROMPT = "The cat sat on the mat; the dog"
@@ -149,6 +152,40 @@ def test_context_overflow_names_both_lengths(folder) -> None:
         small.generate("word " * 40, max_tokens=2)
     out = small.generate("Hello", max_tokens=100, temperature=0, ignore_eos=True)
     assert out.finish_reason == "length" and out.usage.total_tokens == 16
+
+
+def test_the_default_context_is_the_models_own_capped_at_4096(folder, tmp_path) -> None:
+    assert tritlm.LLM(folder).n_ctx == 512  # max_position_embeddings
+    for stated, want in ((40960, 4096), (None, 4096)):
+        copy = shutil.copytree(folder, tmp_path / str(stated))
+        config = json.loads((copy / "config.json").read_text())
+        config["max_position_embeddings"] = stated
+        (copy / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+        assert tritlm.LLM(copy, max_seqs=1).n_ctx == want
+
+
+def test_a_context_beyond_the_trained_one_warns(folder) -> None:
+    with pytest.warns(RuntimeWarning, match="n_ctx=1024 is beyond the 512 positions this model was trained on"):
+        llm = tritlm.LLM(folder, n_ctx=1024, max_seqs=1)
+    assert llm.n_ctx == 1024
+
+
+@pytest.mark.parametrize("n_ctx, message", [
+    (0, "n_ctx must be between 1 and 2147483647, got 0"), (2**31, "n_ctx must be between 1 and 2147483647"),
+    (64.5, "n_ctx must be an integer, got 64.5"), ("64", "n_ctx must be an integer"), (True, "n_ctx must be an integer"),
+])
+def test_bad_n_ctx_is_named(folder, n_ctx: object, message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        tritlm.LLM(folder, n_ctx=n_ctx)
+
+
+def test_a_context_too_large_to_reserve_says_how_much_it_needs(folder, monkeypatch: pytest.MonkeyPatch) -> None:
+    def session(*args: object) -> None:
+        raise MemoryError("std::bad_alloc")  # what a reservation beyond the address space gives
+
+    monkeypatch.setattr(tritlm.scheduler._core, "Session", session)
+    with pytest.raises(ConfigurationError, match=r"n_ctx=400 needs 0.4 MiB of KV cache for each of max_seqs=2 "):
+        tritlm.LLM(folder, n_ctx=400, max_seqs=2)
 
 
 @pytest.mark.parametrize(

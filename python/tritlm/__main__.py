@@ -17,7 +17,8 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", default=None,
                    help="GGUF file or Hugging Face folder (default: the model bundled with tritlm)")
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
-    p.add_argument("-c", "--ctx", type=int, default=4096, help="context size in tokens")
+    p.add_argument("-c", "--ctx", type=int, default=None,
+                   help="context size in tokens (default: the model's own, at most 4096)")
     p.add_argument("--head", choices=["f16", "q8"], default="f16", help="output head precision")
 
 
@@ -120,13 +121,13 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from . import _core
     from .llm import LLM
 
-    llm = LLM(a.model, n_threads=a.threads, n_ctx=max(a.ctx, a.prompt + a.gen + 1), head=a.head)
+    llm = LLM(a.model, n_threads=a.threads, n_ctx=max(a.ctx or 0, a.prompt + a.gen + 1), head=a.head)
     info = llm.info
     threads = a.threads or _core.get_num_threads()
     bandwidth = _core.measure_read_bandwidth(1 << 30, threads, 5)
     per_token = info["linear_bytes"] + info["head_bytes"]  # every linear and the head, each token
     rng = np.random.default_rng(0)
-    vocab = llm.spec.config["vocab_size"]
+    vocab = llm.n_vocab
     pp, tg = [], []
     for _ in range(a.repeats):
         # Fresh random prompts, so nothing comes from the prefix cache.

@@ -95,3 +95,12 @@ class GenerationError(TritlmError):
     """The engine failed on one request (its tokens could not be evaluated, or a step of its
     generation raised): that request ends with this error, the others and the engine go on.
     The original exception is chained as ``__cause__``."""
+
+
+class InvalidArgumentError(RequestError, TypeError):
+    """An argument of the Python API has the wrong type or an out-of-range value; the message and
+    ``param`` name it. Both a ValueError and a TypeError, so code written for either convention
+    catches it, and a RequestError, so the server answers 400 naming the field."""
+
+    def __init__(self, message: str, *, param: str) -> None:
+        super().__init__(message, param=param)

@@ -9,7 +9,9 @@ applies stop strings.
 
 from __future__ import annotations
 
+import numbers
 import os
+import warnings
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -20,7 +22,7 @@ import numpy as np
 from . import _core, kernels
 from .bundled import default_model_path
 from .chat_template import render_chat
-from .errors import ContextOverflowError, EngineClosedError
+from .errors import ConfigurationError, ContextOverflowError, EngineClosedError, InvalidArgumentError
 from .loaders import load_model
 from .results import Completion, Delta
 from .scheduler import Channel, Request, Scheduler, SchedulerSettings, Stream
@@ -31,6 +33,20 @@ Message = dict[str, Any]
 
 # A stream's reader may fall this many deltas behind before its sequence is paused.
 STREAM_BUFFER = 32
+# The context when n_ctx is not given and the model states none, and the most it then takes from
+# the model's own (a KV cache per sequence of 40k positions, as Qwen3 states, is rarely wanted).
+DEFAULT_CTX = 4096
+
+
+def _integer(name: str, value: object, low: int, high: int | None = None) -> int:
+    """``value`` as an int, or InvalidArgumentError naming ``name``: not an integer (a float
+    would be truncated silently, a bool is a mistake), or outside low..high."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidArgumentError(f"{name} must be an integer, got {value!r}", param=name)
+    if value < low or (high is not None and value > high):
+        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise InvalidArgumentError(f"{name} must be {bounds}, got {value}", param=name)
+    return int(value)
 
 
 def _top_entries(logp: np.ndarray, top: int) -> list[tuple[int, float]]:
@@ -52,7 +68,7 @@ class LLM:
         path: str | os.PathLike[str] | None = None,
         *,
         n_threads: int | None = None,
-        n_ctx: int = 4096,
+        n_ctx: int | None = None,
         kv_f16: bool = True,
         head: str = "f16",
         max_seqs: int = 8,
@@ -68,14 +84,19 @@ class LLM:
         memory is only touched as it fills); ``max_batch_tokens`` bounds one step, and so the
         pause a new prompt causes the running streams; beyond ``max_waiting`` queued requests
         ``QueueFullError`` is raised; ``kv_budget_tokens`` bounds prompt + max_tokens summed
-        over the running requests."""
-        if n_ctx < 1:
-            raise ValueError(f"n_ctx must be positive, got {n_ctx}")
+        over the running requests.
+
+        ``n_ctx`` None (the default) is the context the model states, at most 4096 (4096 when it
+        states none). A larger one than the model's is allowed with a warning, as llama.cpp
+        does: tritlm applies no RoPE scaling, so text past the trained context degrades."""
+        if n_ctx is not None:
+            n_ctx = _integer("n_ctx", n_ctx, 1, 2**31 - 1)  # the native sessions' int
         if head not in ("f16", "q8"):
             raise ValueError(f"head must be 'f16' or 'q8', got {head!r}")
         settings = SchedulerSettings(max_seqs, max_batch_tokens, max_waiting, kv_budget_tokens)
-        settings.check(n_ctx)
+        settings.check()
         self.spec = load_model(default_model_path() if path is None else os.fspath(path))
+        n_ctx = self._context(n_ctx)
         if head == "q8" and not isinstance(self.spec.weights.get("output"), kernels.PackedWeights):
             table = self.spec.weights.pop("output", None)
             q8, scale = kernels.quantize_rows_q8(table if table is not None else self.spec.weights["token_embd"])
@@ -83,13 +104,35 @@ class LLM:
         self.tokenizer = Tokenizer(self.spec.tokenizer)
         self._model = _core.Model(self.spec.config, self.spec.weights)
         self.n_ctx = n_ctx
-        self._scheduler = Scheduler(
-            self._model, self.tokenizer,
-            n_ctx=n_ctx, kv_f16=kv_f16, n_threads=n_threads, settings=settings,
-        )
+        try:
+            self._scheduler = Scheduler(
+                self._model, self.tokenizer,
+                n_ctx=n_ctx, kv_f16=kv_f16, n_threads=n_threads, settings=settings,
+            )
+        except MemoryError as e:  # the caches are reserved up front (touched only as they fill)
+            c = self.spec.config
+            per_seq = 2 * c["n_layers"] * c["n_kv_heads"] * c["head_dim"] * (2 if kv_f16 else 4) * n_ctx
+            size = f"{per_seq / 2**30:.1f} GiB" if per_seq >= 2**30 else f"{per_seq / 2**20:.1f} MiB"
+            raise ConfigurationError(
+                f"n_ctx={n_ctx} needs {size} of KV cache for each of max_seqs={max_seqs} "
+                "sequences, more than this machine can reserve: lower n_ctx or max_seqs"
+            ) from e
         # Async readers wait for their next delta in worker threads; a limiter of their own
         # keeps many open streams from starving other to_thread users.
         self._readers = anyio.CapacityLimiter(max_seqs + max_waiting + 8)
+
+    def _context(self, n_ctx: int | None) -> int:
+        """n_ctx, or the default for this model; a warning when it exceeds the trained context."""
+        trained = self.spec.config.get("max_position")
+        if n_ctx is None:
+            return min(trained, DEFAULT_CTX) if trained else DEFAULT_CTX
+        if trained and n_ctx > trained:
+            warnings.warn(
+                f"n_ctx={n_ctx} is beyond the {trained} positions this model was trained on; tritlm applies no "
+                "RoPE scaling, so text past that point is likely to degrade",
+                RuntimeWarning, stacklevel=3,
+            )
+        return n_ctx
 
     # -- information ---------------------------------------------------------------------------
 

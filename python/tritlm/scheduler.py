@@ -48,7 +48,7 @@ class SchedulerSettings:
     max_waiting: int = 256  # requests queued beyond max_seqs before QueueFullError
     kv_budget_tokens: int | None = None  # prompt + max_tokens summed over running requests
 
-    def check(self, n_ctx: int) -> None:
+    def check(self) -> None:
         for name in ("max_seqs", "max_batch_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -172,7 +172,7 @@ class Scheduler:
         n_threads: int | None,
         settings: SchedulerSettings,
     ) -> None:
-        settings.check(n_ctx)
+        settings.check()
         self.settings = settings
         self.n_ctx = n_ctx
         self._model = model
