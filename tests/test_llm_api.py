@@ -146,6 +146,34 @@ def test_prompt_as_token_ids_and_bad_ids(llm: tritlm.LLM) -> None:
         llm.generate([], max_tokens=2)
 
 
+def test_odd_prompts_work_or_are_refused_by_name(llm: tritlm.LLM) -> None:
+    ids = llm.tokenize(PROMPT)
+    want = llm.generate(ids, max_tokens=3, temperature=0, ignore_eos=True).token_ids
+    for array in (np.array(ids), np.array(ids, dtype=np.int16), tuple(ids)):
+        assert llm.generate(array, max_tokens=3, temperature=0, ignore_eos=True).token_ids == want
+    two = llm.generate(np.array([ids, ids]), max_tokens=3, temperature=0, ignore_eos=True)
+    assert [c.token_ids for c in two] == [want, want]
+    refused = [
+        (b"hello", "prompt is bytes"), (None, "got NoneType"), (5, "got int"),
+        ([1.5, 2.7], "prompt token ids must be integers, got 1.5 at index 0"), ([1, True], "got True at index 1"),
+        (np.array([1.5]), "1-D integer array, got 1-D float64"),
+    ]
+    for prompt, message in refused:
+        with pytest.raises(InvalidArgumentError, match=message) as e:
+            llm.generate(prompt, max_tokens=2)
+        assert e.value.param == "prompt"
+    with pytest.raises(InvalidArgumentError, match="a list of prompts is generate"):
+        llm.stream(["a", "b"])
+    with pytest.raises(InvalidArgumentError, match=r"lone surrogate '\\ud800' at index 1") as e:
+        llm.generate("a\ud800b", max_tokens=2)
+    with pytest.raises(InvalidArgumentError, match="lone surrogate"):
+        llm.chat([{"role": "user", "content": "\udcff"}], max_tokens=2)
+    with pytest.raises(InvalidArgumentError, match="must be a str, got int"):
+        llm.tokenize(123)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="top must be at least 0"):
+        llm.prompt_logprobs(ids, top=-1)
+
+
 def test_context_overflow_names_both_lengths(folder) -> None:
     small = tritlm.LLM(folder, n_ctx=16)
     with pytest.raises(ContextOverflowError, match=r"prompt of \d+ tokens does not fit the context of 16 tokens"):
@@ -188,15 +216,51 @@ def test_a_context_too_large_to_reserve_says_how_much_it_needs(folder, monkeypat
         tritlm.LLM(folder, n_ctx=400, max_seqs=2)
 
 
+NAN = float("nan")
+
+
 @pytest.mark.parametrize(
-    "kwargs, field",
-    [({"temperature": -0.5}, "temperature"), ({"top_p": 0.0}, "top_p"), ({"min_p": 1.5}, "min_p"),
-     ({"top_k": -1}, "top_k"), ({"max_tokens": 0}, "max_tokens"), ({"logprobs": 21}, "logprobs"),
-     ({"presence_penalty": 5}, "presence_penalty"), ({"logit_bias": {3: 500}}, "logit_bias")],
+    "kwargs, message",
+    [({"temperature": -0.5}, "temperature must be between 0 and 100, got -0.5"),
+     ({"temperature": NAN}, "temperature must be between 0 and 100, got nan"),
+     ({"temperature": "0.5"}, "temperature must be a number, got '0.5'"),
+     ({"top_p": 0.0}, "top_p must be above 0 and at most 1"), ({"top_p": NAN}, "top_p must be above 0"),
+     ({"min_p": 1.5}, "min_p must be between 0 and 1"), ({"min_p": NAN}, "min_p"),
+     ({"repetition_penalty": float("inf")}, "repetition_penalty must be between 0.001 and 100, got inf"),
+     ({"presence_penalty": 5}, "presence_penalty"), ({"frequency_penalty": NAN}, "frequency_penalty"),
+     ({"top_k": -1}, "top_k must be at least 0"), ({"top_k": 2.0}, "top_k must be an integer, got 2.0"),
+     ({"max_tokens": 0}, "max_tokens must be at least 1"), ({"max_tokens": 2.5}, "max_tokens must be an integer, got 2.5"),
+     ({"max_tokens": True}, "max_tokens must be an integer, got True"),
+     ({"logprobs": 21}, "logprobs must be between 0 and 20"), ({"logprobs": 1.0}, "logprobs must be an integer"),
+     ({"seed": 1.5}, "seed must be an integer, got 1.5"), ({"ignore_eos": "yes"}, "ignore_eos must be a bool"),
+     ({"stop": b"x"}, "stop must be a string or a list of strings"), ({"stop": ["a", 1]}, "stop must be"),
+     ({"logit_bias": {3: 500}}, r"logit_bias\[3\] must be between -100 and 100, got 500"),
+     ({"logit_bias": {3: NAN}}, r"logit_bias\[3\] must be between"),
+     ({"logit_bias": {10**6: 1.0}}, r"logit_bias key 1000000 is not a token id \(0..299\)"),
+     ({"logit_bias": {-1: 1.0}}, "logit_bias key -1 is not a token id"),
+     ({"logit_bias": {"x": 1.0}}, "logit_bias key 'x' must be an integer"),
+     ({"logit_bias": [(3, 1.0)]}, "logit_bias must be a dict")],
 )
-def test_invalid_sampling_values_name_the_field(llm: tritlm.LLM, kwargs: dict, field: str) -> None:
-    with pytest.raises(ValueError, match=field):
+def test_invalid_sampling_values_name_the_field(llm: tritlm.LLM, kwargs: dict, message: str) -> None:
+    """Checked before any work, in Python, so nothing reaches the native sampler as a TypeError
+    about its signature; ValueError and TypeError both catch it."""
+    field = next(iter(kwargs))
+    with pytest.raises(InvalidArgumentError, match=message) as e:
         llm.generate(PROMPT, **kwargs)
+    assert e.value.param == field and isinstance(e.value, ValueError) and isinstance(e.value, TypeError)
+    with pytest.raises(InvalidArgumentError, match=message):
+        llm.generate([PROMPT, PROMPT], **kwargs)
+
+
+def test_sampling_values_at_the_edges_work(llm: tritlm.LLM) -> None:
+    greedy = llm.generate(PROMPT, max_tokens=4, temperature=0, ignore_eos=True).token_ids
+    # A top_k past the vocabulary keeps all of it (2**31 no longer overflows the native int).
+    assert llm.generate(PROMPT, max_tokens=4, temperature=0, top_k=2**31, ignore_eos=True).token_ids == greedy
+    forced = llm.generate(PROMPT, max_tokens=2, temperature=0, logit_bias={"42": 100, np.int64(43): -100}, ignore_eos=True)
+    assert forced.token_ids == [42, 42]  # OpenAI's JSON gives string keys; numpy ints are ints
+    seeded = dict(max_tokens=4, temperature=1.0, ignore_eos=True)
+    assert llm.generate(PROMPT, seed=-1, **seeded).token_ids == llm.generate(PROMPT, seed=2**64 - 1, **seeded).token_ids
+    assert llm.generate(PROMPT, max_tokens=np.int32(3), temperature=np.float32(0), ignore_eos=np.bool_(True)).token_ids == greedy[:3]
 
 
 def test_chat_uses_the_template_and_validates_messages(llm: tritlm.LLM) -> None:
@@ -333,6 +397,14 @@ def test_cli_generate_info_and_bench(folder) -> None:
     assert "pp16" in r.stdout and "tg8" in r.stdout and "% of roofline" in r.stdout
     r = _cli("generate", "-m", str(folder / "missing"), "x")
     assert r.returncode == 2 and "error:" in r.stderr
+
+
+def test_cli_reports_bad_sampling_values_without_a_traceback(folder) -> None:
+    r = _cli("generate", "-m", str(folder), "-n", "2", "--temperature", "0", "--top-k", str(2**31), "Hello")
+    assert r.returncode == 0, r.stderr
+    r = _cli("generate", "-m", str(folder), "-n", "2", "--temperature", "nan", "Hello")
+    assert r.returncode == 2 and "error: temperature must be between 0 and 100, got nan" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_q8_head_option(folder) -> None:

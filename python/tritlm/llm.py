@@ -12,7 +12,8 @@ from __future__ import annotations
 import numbers
 import os
 import warnings
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -38,15 +39,142 @@ STREAM_BUFFER = 32
 DEFAULT_CTX = 4096
 
 
-def _integer(name: str, value: object, low: int, high: int | None = None) -> int:
+def _integer(name: str, value: object, low: int | None = None, high: int | None = None, *, param: str = "") -> int:
     """``value`` as an int, or InvalidArgumentError naming ``name``: not an integer (a float
     would be truncated silently, a bool is a mistake), or outside low..high."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InvalidArgumentError(f"{name} must be an integer, got {value!r}", param=name)
-    if value < low or (high is not None and value > high):
+        raise InvalidArgumentError(f"{name} must be an integer, got {value!r}", param=param or name)
+    if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"at least {low}" if high is None else f"between {low} and {high}"
-        raise InvalidArgumentError(f"{name} must be {bounds}, got {value}", param=name)
+        raise InvalidArgumentError(f"{name} must be {bounds}, got {value}", param=param or name)
     return int(value)
+
+
+def _real(name: str, value: object, low: float, high: float, *, above_low: bool = False, param: str = "") -> float:
+    """``value`` as a float, or InvalidArgumentError naming ``name``: not a number, NaN, or
+    outside low..high (``above_low``: low itself excluded)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgumentError(f"{name} must be a number, got {value!r}", param=param or name)
+    v = float(value)
+    if not ((low < v) if above_low else (low <= v)) or not v <= high:
+        bounds = f"above {low:g} and at most {high:g}" if above_low else f"between {low:g} and {high:g}"
+        raise InvalidArgumentError(f"{name} must be {bounds}, got {v!r}", param=param or name)
+    return v
+
+
+# The float sampling settings' ranges (_core.Sampler's own); top_p must also be above 0.
+_REAL_RANGES: dict[str, tuple[float, float]] = {
+    "temperature": (0.0, 100.0),
+    "top_p": (0.0, 1.0),
+    "min_p": (0.0, 1.0),
+    "repetition_penalty": (1e-3, 100.0),
+    "presence_penalty": (-2.0, 2.0),
+    "frequency_penalty": (-2.0, 2.0),
+}
+MAX_LOGIT_BIAS = 100.0
+MAX_LOGPROBS = 20
+
+
+@dataclass(frozen=True)
+class _Sampling:
+    """A request's sampling settings once checked."""
+
+    sampler: Any  # _core.Sampler, seeded
+    max_tokens: int | None
+    stops: list[str]
+    logprobs: int | None
+    ignore_eos: bool
+
+
+def _sampling(params: dict[str, Any], n_vocab: int) -> _Sampling:
+    """Every sampling setting checked for type and range, here and only here, so a bad one
+    raises InvalidArgumentError naming it before any work starts (and never reaches the native
+    sampler as a TypeError about its signature)."""
+    reals = {
+        name: _real(name, params[name], low, high, above_low=name == "top_p")
+        for name, (low, high) in _REAL_RANGES.items()
+    }
+    max_tokens, logprobs, seed = params["max_tokens"], params["logprobs"], params["seed"]
+    if not isinstance(params["ignore_eos"], (bool, np.bool_)):
+        raise InvalidArgumentError(f"ignore_eos must be a bool, got {params['ignore_eos']!r}", param="ignore_eos")
+    sampler = _core.Sampler(
+        # A top_k past the vocabulary keeps all of it, as 0 does.
+        top_k=min(_integer("top_k", params["top_k"], 0), n_vocab),
+        logit_bias=_logit_bias(params["logit_bias"], n_vocab),
+        seed=int.from_bytes(os.urandom(8), "little") if seed is None else _integer("seed", seed) & (2**64 - 1),
+        **reals,
+    )
+    return _Sampling(
+        sampler=sampler,
+        max_tokens=None if max_tokens is None else _integer("max_tokens", max_tokens, 1),
+        stops=_stops(params["stop"]),
+        logprobs=None if logprobs is None else _integer("logprobs", logprobs, 0, MAX_LOGPROBS),
+        ignore_eos=bool(params["ignore_eos"]),
+    )
+
+
+def _logit_bias(bias: object, n_vocab: int) -> list[tuple[int, float]]:
+    """(token, bias) pairs. Keys may be ints or, as in OpenAI's JSON, strings of them; a key that
+    is no token id is refused rather than ignored, since the caller meant some token."""
+    if bias is None:
+        return []
+    if not isinstance(bias, Mapping):
+        raise InvalidArgumentError(f"logit_bias must be a dict of token id to bias, got {bias!r}", param="logit_bias")
+    out = []
+    for key, value in bias.items():
+        token = int(key) if isinstance(key, str) and key.strip().lstrip("-").isdecimal() else key
+        token = _integer(f"logit_bias key {key!r}", token, param="logit_bias")
+        if not 0 <= token < n_vocab:
+            raise InvalidArgumentError(
+                f"logit_bias key {key!r} is not a token id (0..{n_vocab - 1})", param="logit_bias"
+            )
+        out.append((token, _real(f"logit_bias[{key!r}]", value, -MAX_LOGIT_BIAS, MAX_LOGIT_BIAS, param="logit_bias")))
+    return out
+
+
+def _stops(stop: object) -> list[str]:
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, (list, tuple)) and all(isinstance(s, str) for s in stop):
+        return list(stop)
+    raise InvalidArgumentError(f"stop must be a string or a list of strings, got {stop!r}", param="stop")
+
+
+def _token_ids(prompt: object) -> list[int]:
+    """A prompt given as token ids: a sequence or a 1-D numpy array of integers."""
+    if isinstance(prompt, np.ndarray):
+        if prompt.ndim != 1 or not np.issubdtype(prompt.dtype, np.integer):
+            raise InvalidArgumentError(
+                f"prompt token ids must be a 1-D integer array, got {prompt.ndim}-D {prompt.dtype}", param="prompt"
+            )
+        return prompt.tolist()
+    if isinstance(prompt, (bytes, bytearray, memoryview)):
+        raise InvalidArgumentError("prompt is bytes: pass text (str) or token ids (a list of ints)", param="prompt")
+    if not isinstance(prompt, Sequence):
+        raise InvalidArgumentError(
+            f"prompt must be text (str) or token ids (a list of ints), got {type(prompt).__name__}", param="prompt"
+        )
+    for i, t in enumerate(prompt):
+        if isinstance(t, bool) or not isinstance(t, numbers.Integral):
+            several = isinstance(t, (str, Sequence, np.ndarray))
+            raise InvalidArgumentError(
+                f"prompt token ids must be integers, got {t!r} at index {i}"
+                + ("; a list of prompts is generate()'s (or agenerate()'s), not this call's" if several else ""),
+                param="prompt",
+            )
+    return [int(t) for t in prompt]
+
+
+def _is_batch(prompt: object) -> bool:
+    """Whether generate() was given several prompts: a list whose items are prompts themselves
+    (texts or token lists), or a 2-D array of token ids."""
+    if isinstance(prompt, np.ndarray):
+        return prompt.ndim == 2
+    if isinstance(prompt, (str, bytes, bytearray, memoryview)) or not isinstance(prompt, Sequence) or not prompt:
+        return False
+    return isinstance(prompt[0], (str, bytes, Sequence, np.ndarray))
 
 
 def _top_entries(logp: np.ndarray, top: int) -> list[tuple[int, float]]:
@@ -177,15 +305,14 @@ class LLM:
         return self.tokenizer.decode(list(ids), skip_special=skip_special)
 
     def _prompt_ids(self, prompt: Prompt) -> list[int]:
-        if isinstance(prompt, str):
-            ids = self.tokenize(prompt)
-        else:
-            ids = [int(t) for t in prompt]
-            bad = [t for t in ids if not 0 <= t < self.n_vocab]
-            if bad:
-                raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary (0..{self.n_vocab - 1})")
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else _token_ids(prompt)
+        bad = [t for t in ids if not 0 <= t < self.n_vocab]
+        if bad:
+            raise InvalidArgumentError(
+                f"prompt token id {bad[0]} is outside the vocabulary (0..{self.n_vocab - 1})", param="prompt"
+            )
         if not ids:
-            raise ValueError("prompt is empty")
+            raise InvalidArgumentError("prompt is empty", param="prompt")
         if len(ids) >= self.n_ctx:
             raise ContextOverflowError(
                 f"prompt of {len(ids)} tokens does not fit the context of {self.n_ctx} tokens "
@@ -213,10 +340,8 @@ class LLM:
         however long the prompt (eval_logits holds every row: 2.5 GB at 4096 positions and a
         150k vocabulary), and the top entries are chosen by partition, not a sort of each row."""
         ids = self._prompt_ids(ids)
-        if top < 0:
-            raise ValueError(f"top must be >= 0, got {top}")
         vocab = self.n_vocab
-        top = min(top, vocab)
+        top = min(_integer("top", top, 0), vocab)
         chunk = 128
 
         def run(session: Any) -> list[tuple[float, list[tuple[int, float]]]]:
@@ -273,34 +398,16 @@ class LLM:
 
     def _request(self, prompt: Prompt, buffer: int | None, params: dict[str, Any], submit: bool = True) -> Request:
         """Check a prompt and its sampling settings, and queue it (unless ``submit`` is false)."""
-        max_tokens, logprobs, stop, seed = params["max_tokens"], params["logprobs"], params["stop"], params["seed"]
-        if max_tokens is not None and max_tokens < 1:
-            raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
-        if logprobs is not None and not 0 <= logprobs <= 20:
-            raise ValueError(f"logprobs must be between 0 and 20, got {logprobs}")
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        if any(not isinstance(s, str) for s in stops):
-            raise TypeError("stop must be a string or a list of strings")
-        sampler = _core.Sampler(
-            temperature=params["temperature"],
-            top_k=params["top_k"],
-            top_p=params["top_p"],
-            min_p=params["min_p"],
-            repetition_penalty=params["repetition_penalty"],
-            presence_penalty=params["presence_penalty"],
-            frequency_penalty=params["frequency_penalty"],
-            logit_bias=[(int(t), float(b)) for t, b in (params["logit_bias"] or {}).items()],
-            seed=int.from_bytes(os.urandom(8), "little") if seed is None else seed & (2**64 - 1),
-        )
+        sampling = _sampling(params, self.n_vocab)
         ids = self._prompt_ids(prompt)
         room = self.n_ctx - len(ids)
         req = Request(
             ids=ids,
-            sampler=sampler,
-            max_new=room if max_tokens is None else min(max_tokens, room),
-            stops=stops,
-            logprobs=logprobs,
-            ignore_eos=params["ignore_eos"],
+            sampler=sampling.sampler,
+            max_new=room if sampling.max_tokens is None else min(sampling.max_tokens, room),
+            stops=sampling.stops,
+            logprobs=sampling.logprobs,
+            ignore_eos=sampling.ignore_eos,
             channel=Channel(buffer),
         )
         if submit:
@@ -311,7 +418,7 @@ class LLM:
         """Generate to completion; the same keyword arguments as ``stream``. ``prompt`` may be a
         list of prompts (strings or token lists): they run together, batched, and a list of
         Completions comes back in the same order."""
-        if isinstance(prompt, str) or not prompt or isinstance(prompt[0], (int, np.integer)):
+        if not _is_batch(prompt):
             return _collect(self.stream(prompt, **kwargs))
         params = {**_stream_defaults(), **kwargs}
         unknown = set(kwargs) - set(_stream_defaults())

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as _HFTokenizer
 
-from .errors import ModelLoadError
+from .errors import InvalidArgumentError, ModelLoadError
 
 __all__ = ["IncrementalDecoder", "Tokenizer", "TokenizerSource"]
 
@@ -355,7 +355,21 @@ class Tokenizer:
 
         Through ``encode_batch``, which lets go of the GIL while it works (``encode`` holds it):
         a server tokenizing a megabytes-long prompt in a worker thread otherwise stops its event
-        loop, and every other stream and /health with it, for seconds (7 MB: 10 s)."""
+        loop, and every other stream and /health with it, for seconds (7 MB: 10 s).
+
+        A lone surrogate (from a bad decode, e.g. errors="surrogateescape") is refused rather
+        than replaced: it is not text, and changing the prompt silently would hide where it came
+        from."""
+        if not isinstance(text, str):
+            raise InvalidArgumentError(f"text to tokenize must be a str, got {type(text).__name__}", param="text")
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise InvalidArgumentError(
+                    f"text holds a lone surrogate {text[e.start]!r} at index {e.start}, which is not valid Unicode",
+                    param="text",
+                ) from None
         ids = self._tk.encode_batch([text], add_special_tokens=False)[0].ids
         if add_special:
             if self.add_bos and ids[:1] != [self.bos_id]:
