@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -258,3 +259,15 @@ def test_a_batch_failure_ends_only_the_sequence_that_fails_alone(folder, monkeyp
     assert 3 in batch_sizes  # the failure happened in a batch, and only its culprit ended
     assert _returns(lambda: llm.generate(prompts[0], max_tokens=8, temperature=0, ignore_eos=True)).token_ids == want[0]
     llm.close()
+
+
+def test_generate_runs_a_batch_larger_than_the_queue_holds(folder, llm: tritlm.LLM) -> None:
+    small = tritlm.LLM(folder, n_ctx=256, max_seqs=2, max_batch_tokens=2, max_waiting=0)
+    kw = dict(max_tokens=5, temperature=0, ignore_eos=True)
+    want = [llm.generate(p, **kw).token_ids for p in PROMPTS]
+    got = _returns(lambda: small.generate(PROMPTS, **kw))
+    assert [c.token_ids for c in got] == want
+    got_async = _returns(lambda: anyio.run(lambda: small.agenerate(PROMPTS[:5], **kw)))
+    assert [c.token_ids for c in got_async] == want[:5]
+    assert small.stats()["peak_batch_seqs"] == 2 and small.stats()["waiting"] == 0
+    small.close()

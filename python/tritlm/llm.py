@@ -394,10 +394,12 @@ class LLM:
     ) -> Stream:
         """Yield text deltas as they are decoded; the last Delta carries the finish reason and the
         whole Completion. Closing the stream stops generation at the next step."""
-        return Stream(self._scheduler, self._request(prompt, STREAM_BUFFER, locals()), self)
+        req = self._request(prompt, STREAM_BUFFER, locals())
+        self._scheduler.submit(req)
+        return Stream(self._scheduler, req, self)
 
-    def _request(self, prompt: Prompt, buffer: int | None, params: dict[str, Any], submit: bool = True) -> Request:
-        """Check a prompt and its sampling settings, and queue it (unless ``submit`` is false)."""
+    def _request(self, prompt: Prompt, buffer: int | None, params: dict[str, Any]) -> Request:
+        """A request for a prompt, its sampling settings checked (not queued yet)."""
         sampling = _sampling(params, self.n_vocab)
         ids = self._prompt_ids(prompt)
         room = self.n_ctx - len(ids)
@@ -410,28 +412,34 @@ class LLM:
             ignore_eos=sampling.ignore_eos,
             channel=Channel(buffer),
         )
-        if submit:
-            self._scheduler.submit(req)
         return req
 
     def generate(self, prompt: Prompt | Sequence[Prompt], **kwargs: Any) -> Any:
         """Generate to completion; the same keyword arguments as ``stream``. ``prompt`` may be a
         list of prompts (strings or token lists): they run together, batched, and a list of
-        Completions comes back in the same order."""
+        Completions comes back in the same order. However many there are: beyond what the
+        queue holds (max_seqs + max_waiting), the rest are queued as earlier ones end."""
         if not _is_batch(prompt):
             return _collect(self.stream(prompt, **kwargs))
-        params = {**_stream_defaults(), **kwargs}
-        unknown = set(kwargs) - set(_stream_defaults())
-        if unknown:
-            raise TypeError(f"generate() got unexpected keyword arguments: {sorted(unknown)}")
-        reqs = [self._request(p, None, params, submit=False) for p in prompt]
-        self._scheduler.submit(*reqs)
-        streams = [Stream(self._scheduler, r, self) for r in reqs]
+        reqs, streams = self._batch(prompt, kwargs)
         try:
-            return [_collect(s) for s in streams]
+            return self._run_batch(reqs, streams)
         finally:
             for s in streams:
                 s.close()
+
+    def _batch(self, prompts: Any, kwargs: dict[str, Any]) -> tuple[list[Request], list[Stream]]:
+        """Requests (and their streams) for several prompts, every one checked before any runs."""
+        unknown = set(kwargs) - set(_stream_defaults())
+        if unknown:
+            raise TypeError(f"generate() got unexpected keyword arguments: {sorted(unknown)}")
+        params = {**_stream_defaults(), **kwargs}
+        reqs = [self._request(p, None, params) for p in prompts]
+        return reqs, [Stream(self._scheduler, r, self) for r in reqs]
+
+    def _run_batch(self, reqs: list[Request], streams: list[Stream]) -> list[Completion]:
+        self._scheduler.submit_all(reqs)
+        return [_collect(s) for s in streams]
 
     # -- chat ----------------------------------------------------------------------------------
 
@@ -468,7 +476,17 @@ class LLM:
         finally:
             stream.close()
 
-    async def agenerate(self, prompt: Prompt, **kwargs: Any) -> Completion:
+    async def agenerate(self, prompt: Prompt | Sequence[Prompt], **kwargs: Any) -> Any:
+        """``generate``'s twin, a list of prompts included."""
+        if _is_batch(prompt):
+            reqs, streams = await anyio.to_thread.run_sync(lambda: self._batch(prompt, kwargs))
+            try:
+                return await anyio.to_thread.run_sync(
+                    lambda: self._run_batch(reqs, streams), abandon_on_cancel=True, limiter=self._readers
+                )
+            finally:  # on cancellation too: the requests stop at the next step
+                for s in streams:
+                    s.close()
         completion = None
         async for delta in self.astream(prompt, **kwargs):
             completion = delta.completion or completion

@@ -185,7 +185,9 @@ class Scheduler:
         self._slots = [Slot(_core.Session(model, n_ctx, kv_f16, n_threads)) for _ in range(settings.max_seqs)]
         self._kv_f16 = kv_f16
         self._aux: Any = None  # a session for whole-text evaluations (perplexity, embeddings)
-        self._cv = threading.Condition()
+        lock = threading.Lock()
+        self._cv = threading.Condition(lock)  # the engine waits on it for work
+        self._room_freed = threading.Condition(lock)  # submit_all waits on it for room in the queue
         self._waiting: collections.deque[Request] = collections.deque()
         self._running: list[Request] = []
         self._jobs: collections.deque[tuple[Callable[[], Any], list[Any], threading.Event]] = collections.deque()
@@ -199,26 +201,57 @@ class Scheduler:
 
     # -- called from any thread ----------------------------------------------------------------
 
-    def submit(self, *reqs: Request) -> None:
-        """Queue requests, all or none (they then start in the same step)."""
-        for req in reqs:
-            if req.reservation > self.n_ctx:
-                raise ContextOverflowError(
-                    f"prompt of {len(req.ids)} tokens plus {req.max_new} new tokens does not fit the context "
-                    f"of {self.n_ctx} tokens"
-                )
-            req.t_submit = time.perf_counter()
+    def submit(self, req: Request) -> None:
+        """Queue a request, or raise QueueFullError when the queue is full."""
+        self._check_fits(req)
         with self._cv:
             if self._closed:
                 raise self._closed_error(running=False)
-            # Requests the free slots will take at the next step boundary do not count as waiting.
-            if len(self._waiting) + len(reqs) - self._free_slots() > self.settings.max_waiting:
+            if self._room() < 1:
                 raise QueueFullError(
                     f"{len(self._waiting)} requests are already waiting (max_waiting={self.settings.max_waiting})",
                     retry_after=self._retry_after(),
                 )
-            self._waiting.extend(reqs)
-            self._cv.notify()
+            self._enqueue([req])
+
+    def submit_all(self, reqs: list[Request]) -> None:
+        """Queue every request, as many at a time as there is room for (those start in the same
+        step), waiting for room as earlier requests end: a batch larger than max_seqs +
+        max_waiting still runs whole. Requests cancelled while they wait are skipped."""
+        for req in reqs:
+            self._check_fits(req)
+        pending = collections.deque(reqs)
+        with self._cv:
+            while pending:
+                if self._closed:
+                    raise self._closed_error(running=False)
+                room = self._room()
+                if room < 1:
+                    self._room_freed.wait()
+                    continue
+                batch = [pending.popleft() for _ in range(min(room, len(pending)))]
+                self._enqueue([r for r in batch if not r.cancelled])
+
+    def _check_fits(self, req: Request) -> None:
+        if req.reservation > self.n_ctx:
+            raise ContextOverflowError(
+                f"prompt of {len(req.ids)} tokens plus {req.max_new} new tokens does not fit the context "
+                f"of {self.n_ctx} tokens"
+            )
+
+    def _room(self) -> int:
+        """Requests the queue takes now: free slots (taken at the next step boundary, so not
+        waiting) plus free places among the max_waiting. Counted from the running list, which
+        admission fills under the lock, rather than from slots, which are taken outside it."""
+        s = self.settings
+        return s.max_seqs - len(self._running) + s.max_waiting - len(self._waiting)
+
+    def _enqueue(self, reqs: list[Request]) -> None:
+        now = time.perf_counter()
+        for req in reqs:
+            req.t_submit = now
+        self._waiting.extend(reqs)
+        self._cv.notify()
 
     def cancel(self, req: Request) -> None:
         """Stop a request at the next step boundary and free its slot."""
@@ -265,6 +298,7 @@ class Scheduler:
                 return
             self._closed = True
             self._cv.notify()
+            self._room_freed.notify_all()
         self._thread.join()
 
     # -- the engine thread ---------------------------------------------------------------------
@@ -295,6 +329,7 @@ class Scheduler:
         try:
             while True:
                 with self._cv:
+                    self._room_freed.notify_all()  # the last step may have ended requests
                     while not (self._closed or self._jobs or self._runnable()):
                         self._cv.wait()
                     if self._closed:
@@ -512,6 +547,7 @@ class Scheduler:
     def _shutdown(self) -> None:
         with self._cv:
             self._closed = True
+            self._room_freed.notify_all()
             for req in list(self._waiting) + list(self._running):
                 req.channel.put(self._closed_error(running=True))
                 req.channel.close()
