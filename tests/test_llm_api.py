@@ -306,6 +306,9 @@ def test_embed_is_normalized_and_distinguishes_texts(llm: tritlm.LLM) -> None:
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(e[0], e[1])
     assert e[0] @ e[2] < 0.9999
+    np.testing.assert_array_equal(llm.embed(["numbers 12345"])[0], e[2])
+    empty = llm.embed([])
+    assert empty.shape == (0, llm.spec.config["dim"]) and empty.dtype == np.float32
 
 
 def test_close_and_context_manager(folder) -> None:

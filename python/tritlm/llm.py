@@ -359,16 +359,19 @@ class LLM:
         return self._scheduler.call(run)
 
     def embed(self, texts: str | Sequence[str]) -> np.ndarray:
-        """Mean-pooled final hidden states, L2-normalized: [len(texts), dim] float32."""
+        """Mean-pooled final hidden states, L2-normalized: [len(texts), dim] float32. An empty
+        list gives [0, dim], as numpy does for an empty batch, so a caller embedding a list
+        that may be empty (a filtered set of documents) needs no special case."""
         batch = [self._prompt_ids(t) for t in ([texts] if isinstance(texts, str) else list(texts))]
+        dim = self.spec.config["dim"]
 
         def run(session: Any) -> np.ndarray:
-            rows = []
-            for ids in batch:
+            out = np.empty((len(batch), dim), np.float32)
+            for row, ids in enumerate(batch):
                 session.truncate(0)
                 v = session.eval(np.asarray(ids, dtype=np.int32), "hidden").mean(axis=0)
-                rows.append(v / max(float(np.linalg.norm(v)), 1e-12))
-            return np.stack(rows).astype(np.float32)
+                out[row] = v / max(float(np.linalg.norm(v)), 1e-12)
+            return out
 
         return self._scheduler.call(run)
 
