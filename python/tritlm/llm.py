@@ -29,7 +29,7 @@ from .results import Completion, Delta
 from .scheduler import Channel, Request, Scheduler, SchedulerSettings, Stream
 from .tokenizer import Tokenizer
 
-Prompt = str | Sequence[int]
+Prompt = str | Sequence[int] | np.ndarray  # text, or token ids
 Message = dict[str, Any]
 
 # A stream's reader may fall this many deltas behind before its sequence is paused.
