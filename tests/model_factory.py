@@ -29,7 +29,7 @@ import numpy as np
 
 import formats  # tests/formats.py: independent encoders of every weight layout
 
-TINY = dict(hidden=256, layers=2, heads=4, kv_heads=2, ffn=384, vocab=300)
+TINY = dict(hidden=256, layers=2, heads=4, kv_heads=2, ffn=384, vocab=300, positions=512)
 
 SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 LLAMA3_SPLIT = (
@@ -132,7 +132,7 @@ def build_master(
     cfg = BitNetConfig(
         vocab_size=s["vocab"], hidden_size=s["hidden"], intermediate_size=s["ffn"],
         num_hidden_layers=s["layers"], num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"],
-        hidden_act=act, max_position_embeddings=512, rms_norm_eps=1e-5, tie_word_embeddings=tie,
+        hidden_act=act, max_position_embeddings=s["positions"], rms_norm_eps=1e-5, tie_word_embeddings=tie,
         bos_token_id=ids["<|begin_of_text|>"], eos_token_id=ids["<|end_of_text|>"],
         rope_parameters={"rope_theta": 500000.0, "rope_type": "default"},
     )

@@ -29,10 +29,11 @@ MODEL_ID = "tiny"
 
 
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One small random BitNet model for every server test module of the session."""
+    """One small random BitNet model for every server test module of the session, trained (in
+    its config) for the 4096 positions the tests serve it with."""
     folder = tmp_path_factory.getbasetemp() / "server-tiny-model"
     if not (folder / "config.json").exists():
-        mf.build_master(folder, dtype="bfloat16", seed=3)
+        mf.build_master(folder, dtype="bfloat16", seed=3, positions=4096)
     return folder
 
 

@@ -417,3 +417,23 @@ def test_q8_head_option(folder) -> None:
     assert len(out.token_ids) == 4
     with pytest.raises(ValueError, match="head must be 'f16' or 'q8'"):
         tritlm.LLM(folder, head="q4")
+
+
+_GENERATE_AFTER_TRUNCATION = """
+import sys
+import tritlm
+llm = tritlm.LLM(sys.argv[1], n_ctx=64, use_mmap=False)
+before = llm.generate("The cat", max_tokens=4, temperature=0, ignore_eos=True).text
+open(sys.argv[1], "r+b").truncate(0)
+print("same" if llm.generate("The cat", max_tokens=4, temperature=0, ignore_eos=True).text == before else "changed")
+"""
+
+
+def test_use_mmap_false_outlives_the_file(folder, tmp_path) -> None:
+    """LLM(use_mmap=False) copies a GGUF file's in-place tensors (I2_S codes here), so the
+    model keeps working when the file is truncated; run apart, as the mapped default would
+    die of SIGBUS (tests/test_loaders.py pins that)."""
+    path = mf.build_gguf(folder, tmp_path / "model.gguf", "i2_s")
+    p = subprocess.run([sys.executable, "-c", _GENERATE_AFTER_TRUNCATION, str(path)], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0 and p.stdout.strip() == "same", (p.returncode, p.stdout, p.stderr[-2000:])

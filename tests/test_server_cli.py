@@ -37,6 +37,18 @@ def test_without_a_model_it_serves_the_bundled_one() -> None:
     assert [(m.id, m.path) for m in c.models] == [("kjv-bitnet-b1.58-11m", tritlm.default_model_path())]
 
 
+def test_a_model_without_a_ctx_gets_its_own_context() -> None:
+    """No --ctx: the bundled model (trained for 1024 positions) is served with 1024, not 4096."""
+    from tritlm.serve.registry import Registry
+
+    c = build_config([], environ={})
+    llm = Registry._load(c.model_settings(c.models[0]))
+    try:
+        assert llm.n_ctx == llm.spec.config["max_position"] == 1024
+    finally:
+        llm.close()
+
+
 def test_bad_settings_are_named(model: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(f'[server]\nprot = 8000\n[models.a]\npath = "{model}"\n')

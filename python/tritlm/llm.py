@@ -203,6 +203,7 @@ class LLM:
         max_batch_tokens: int = 128,
         max_waiting: int = 256,
         kv_budget_tokens: int | None = None,
+        use_mmap: bool = True,
     ) -> None:
         """``head="q8"`` keeps the output head as int8 rows with a scale each: half the bytes of
         f16, and at 2B4T size the head is the largest tensor read per token. A 1-bit head (GGUF
@@ -216,14 +217,19 @@ class LLM:
 
         ``n_ctx`` None (the default) is the context the model states, at most 4096 (4096 when it
         states none). A larger one than the model's is allowed with a warning, as llama.cpp
-        does: tritlm applies no RoPE scaling, so text past the trained context degrades."""
+        does: tritlm applies no RoPE scaling, so text past the trained context degrades.
+
+        ``use_mmap`` (llama.cpp's option of the name): a GGUF file's I2_S codes and F16 tables
+        are used in place in the file's mapping, so the file must not be modified or truncated
+        while the model is loaded (deleting it, or renaming another over it, is safe).
+        ``use_mmap=False`` copies them: more memory, and the file may then change."""
         if n_ctx is not None:
             n_ctx = _integer("n_ctx", n_ctx, 1, 2**31 - 1)  # the native sessions' int
         if head not in ("f16", "q8"):
             raise ValueError(f"head must be 'f16' or 'q8', got {head!r}")
         settings = SchedulerSettings(max_seqs, max_batch_tokens, max_waiting, kv_budget_tokens)
         settings.check()
-        self.spec = load_model(default_model_path() if path is None else os.fspath(path))
+        self.spec = load_model(default_model_path() if path is None else os.fspath(path), use_mmap=use_mmap)
         n_ctx = self._context(n_ctx)
         if head == "q8" and not isinstance(self.spec.weights.get("output"), kernels.PackedWeights):
             table = self.spec.weights.pop("output", None)

@@ -34,7 +34,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--api-key", action="append", help="accept only this key (repeatable; default: any key)")
     p.add_argument("-t", "--threads", type=int, help="threads per model (default: physical cores)")
-    p.add_argument("-c", "--ctx", type=int, help="context size in tokens (default 4096)")
+    p.add_argument("-c", "--ctx", type=int, help="context size in tokens (default: each model's own, at most 4096)")
     p.add_argument("--head", choices=["f16", "q8"], default="f16", help="output head precision for --model")
     p.add_argument("--max-running", type=int, help="sequences decoded together per model, in one batched step (default 8)")
     p.add_argument("--max-batch-tokens", type=int,

@@ -48,7 +48,7 @@ class ServeConfig:
     cors_origins: tuple[str, ...] = ()
     log_level: str = "info"
     ping_interval: float = 15.0
-    n_ctx: int = 4096
+    n_ctx: int | None = None  # None: each model's own context, at most 4096 (LLM's default)
     threads: int | None = None
     max_running: int = 8  # sequences the engine decodes together (its max_seqs)
     max_waiting: int = 64

@@ -56,7 +56,8 @@ class Operations:
         """``default_threads``: the kernels' default, which a model configured with none runs on."""
         cfg = self.models.config(m.id)
         out: dict[str, Any] = {
-            "id": m.id, "state": m.state, "path": cfg.path, "uses": list(m.uses), "n_ctx": cfg.n_ctx,
+            "id": m.id, "state": m.state, "path": cfg.path, "uses": list(m.uses),
+            "n_ctx": m.llm.n_ctx if m.llm is not None else cfg.n_ctx,
             "threads": cfg.threads if cfg.threads is not None else default_threads,
             "requests_running": m.admission.running, "requests_waiting": m.admission.waiting,
             "max_running": m.admission.max_running, "max_waiting": m.admission.max_waiting,

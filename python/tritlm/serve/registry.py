@@ -73,9 +73,9 @@ class Registry:
                 served.state, served.error = "failed", f"{type(e).__name__}: {e}"
                 log.error("model %s failed to load from %s: %s", model_id, cfg.path, served.error)
                 continue
-            served.fingerprint = _fingerprint(cfg)
+            served.fingerprint = _fingerprint(cfg, served.llm.n_ctx)
             served.state = "ready"
-            log.info("model %s ready (%s, context %d)", model_id, cfg.path, cfg.n_ctx)
+            log.info("model %s ready (%s, context %d)", model_id, cfg.path, served.llm.n_ctx)
 
     @staticmethod
     def _load(cfg: ModelConfig) -> object:
@@ -83,7 +83,7 @@ class Registry:
 
         # The server's admission queue hands the engine at most max_running sequences at once,
         # so the engine's own slots match it.
-        return LLM(cfg.path, n_threads=cfg.threads, n_ctx=cfg.n_ctx or 4096, head=cfg.head,
+        return LLM(cfg.path, n_threads=cfg.threads, n_ctx=cfg.n_ctx, head=cfg.head,
                    max_seqs=cfg.max_running or 8, max_batch_tokens=cfg.max_batch_tokens or 128)
 
     def close(self) -> None:
@@ -92,9 +92,9 @@ class Registry:
                 served.llm.close()
 
 
-def _fingerprint(cfg: ModelConfig) -> str:
+def _fingerprint(cfg: ModelConfig, n_ctx: int) -> str:
     """Names the backend configuration (version, kernels, model file, context, head), as
     OpenAI's system_fingerprint does: equal fingerprints and seeds give equal results."""
     stat = os.stat(cfg.path)
-    parts = [__version__, system_info()["isa"], os.path.realpath(cfg.path), str(stat.st_mtime_ns), str(cfg.n_ctx), cfg.head]
+    parts = [__version__, system_info()["isa"], os.path.realpath(cfg.path), str(stat.st_mtime_ns), str(n_ctx), cfg.head]
     return "fp_" + hashlib.blake2b("|".join(parts).encode(), digest_size=5).hexdigest()
