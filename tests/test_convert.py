@@ -165,3 +165,14 @@ def test_convert_errors(master, tmp_path):
     spec = load_hf(master)
     with pytest.raises(ValueError, match="override"):
         write_gguf(spec, tmp_path / "z.gguf", tensor_types={"blk.0.attn_q": "q4_k"})
+
+
+def test_a_qwen3_model_is_refused_not_written_as_llama(tmp_path):
+    """Written as llama, a Qwen3 model would load back without its q/k norms: another model."""
+    import qwen3_factory as qf
+
+    ref = qf.build_reference(hidden=128, ffn=256, layers=1, heads=2, kv_heads=1, head_dim=64, vocab=320, seed=5)
+    spec = load_gguf(qf.write_gguf(tmp_path / "q3.gguf", ref, qf.train_tokenizer(300)))
+    with pytest.raises(ValueError, match="cannot write a qwen3 model"):
+        write_gguf(spec, tmp_path / "out.gguf")
+    assert not (tmp_path / "out.gguf").exists()

@@ -41,6 +41,10 @@ _OVERRIDES = ("tq2_0", "tq1_0", "i2_s", "q1_0", "q8_0", "f16", "bf16", "f32")
 
 
 def _gguf_arch(config: dict) -> str:
+    if config["arch"] not in ("bitnet-b1.58", "bitnet", "llama"):
+        # A Qwen3 model has per-head q/k norms that no architecture written here holds: as llama
+        # it would load back without them, a different model.
+        raise ValueError(f"cannot write a {config['arch']} model (BitNet and Llama models only)")
     if config["activation"] == "relu2":
         if not config["sub_norms"]:
             raise ValueError("no GGUF architecture holds a relu2 model without sub-norms")
