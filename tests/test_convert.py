@@ -17,7 +17,7 @@ import model_factory as mf  # noqa: E402
 
 import gguf  # noqa: E402  (test extra)
 
-from tritlm.errors import ModelLoadError  # noqa: E402
+from tritlm.errors import InvalidArgumentError, ModelLoadError  # noqa: E402
 from tritlm.loaders import load_gguf, load_hf  # noqa: E402
 from tritlm.loaders.convert import convert, write_gguf  # noqa: E402
 from tritlm.loaders.gguf import read_gguf  # noqa: E402
@@ -176,3 +176,15 @@ def test_a_qwen3_model_is_refused_not_written_as_llama(tmp_path):
     with pytest.raises(ValueError, match="cannot write a qwen3 model"):
         write_gguf(spec, tmp_path / "out.gguf")
     assert not (tmp_path / "out.gguf").exists()
+
+
+def test_destination_is_checked_before_the_source_is_read(master, tmp_path):
+    missing = tmp_path / "nope"  # not read at all: the destination's error comes first
+    with pytest.raises(InvalidArgumentError, match="no such folder"):
+        convert(missing, tmp_path / "missing" / "out.gguf")
+    with pytest.raises(InvalidArgumentError, match="is a folder"):
+        convert(missing, tmp_path)
+    with pytest.raises(InvalidArgumentError, match="not a regular file"):
+        convert(missing, os.devnull)
+    with pytest.raises(ModelLoadError, match="convert reads a Hugging Face BitNet folder"):
+        convert(convert(master, tmp_path / "m.gguf"), tmp_path / "again.gguf")

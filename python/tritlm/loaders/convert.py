@@ -30,7 +30,7 @@ import os
 
 import numpy as np
 
-from ..errors import ModelLoadError
+from ..errors import InvalidArgumentError, ModelLoadError
 from .gguf import GGML_TYPE_I2_S
 from .spec import LINEAR_NAMES, ModelSpec, dense_from_linear, validate_spec
 
@@ -100,6 +100,17 @@ def _single_scale_ternary(w: np.ndarray):
     if not (nz <= (a == s)).all():
         return None
     return np.sign(w).astype(np.int8), float(s)
+
+
+def _check_destination(out_path: str) -> None:
+    """Refuse a destination that cannot become a GGUF file, before any work is done."""
+    if os.path.isdir(out_path):
+        raise InvalidArgumentError(f"{out_path}: is a folder; name the GGUF file to write", param="out_path")
+    if os.path.exists(out_path) and not os.path.isfile(out_path):
+        raise InvalidArgumentError(f"{out_path}: not a regular file", param="out_path")
+    folder = os.path.dirname(os.path.abspath(out_path))
+    if not os.path.isdir(folder):
+        raise InvalidArgumentError(f"{out_path}: no such folder {folder}", param="out_path")
 
 
 def _add_quantized(writer, name: str, w: np.ndarray, qtype) -> None:
@@ -198,6 +209,7 @@ def write_gguf(
     cfg = spec.config
     arch = _gguf_arch(cfg)
     out_path = os.fspath(out_path)
+    _check_destination(out_path)
     tok = _tokenizer_meta(spec)
 
     w = gguf.GGUFWriter(out_path, arch)
@@ -286,6 +298,10 @@ def convert(hf_folder: str | os.PathLike, out_path: str | os.PathLike, type: str
 
     if type not in _TYPES:
         raise ValueError(f"type must be one of {_TYPES}, got {type!r}")
+    _check_destination(os.fspath(out_path))  # before the minutes a large model takes to load
+    if os.path.isfile(hf_folder):
+        raise ModelLoadError(f"{os.fspath(hf_folder)}: a file; convert reads a Hugging Face BitNet folder "
+                             "(a GGUF file is converted already)")
     spec = load_hf(hf_folder)
     try:
         return write_gguf(spec, out_path, type, tensor_types=tensor_types)
