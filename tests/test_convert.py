@@ -188,3 +188,19 @@ def test_destination_is_checked_before_the_source_is_read(master, tmp_path):
         convert(missing, os.devnull)
     with pytest.raises(ModelLoadError, match="convert reads a Hugging Face BitNet folder"):
         convert(convert(master, tmp_path / "m.gguf"), tmp_path / "again.gguf")
+
+
+def test_a_failed_write_leaves_the_old_file(master, tmp_path, monkeypatch):
+    """The file is written beside its name and renamed at the end, so Ctrl-C (or a full disk)
+    midway neither leaves half a GGUF file nor destroys the one that was there."""
+    dst = tmp_path / "out.gguf"
+    dst.write_bytes(b"the old file")
+
+    def interrupted(*args: object) -> None:  # the header is written, the tensors are not
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        convert(master, dst)
+    assert dst.read_bytes() == b"the old file"
+    assert os.listdir(tmp_path) == ["out.gguf"]

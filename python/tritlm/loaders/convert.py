@@ -21,12 +21,17 @@ names plus ``.weight``). Linear weights are stored as ``type``: TQ1_0 / TQ2_0 th
 multiple of 256 for TQ, as llama.cpp also falls back; rows not a multiple of 128 or more than
 one scale for I2_S; a non-ternary float weight) is written as F16 if that is exact, else BF16 if
 exact, else F32, so tritlm reads back the very same weights.
+
+The file is written under a temporary name beside ``out_path`` and renamed over it at the end, so
+a failure or Ctrl-C midway leaves no half-written GGUF (and an existing file as it was).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -107,10 +112,25 @@ def _check_destination(out_path: str) -> None:
     if os.path.isdir(out_path):
         raise InvalidArgumentError(f"{out_path}: is a folder; name the GGUF file to write", param="out_path")
     if os.path.exists(out_path) and not os.path.isfile(out_path):
+        # Renaming over a device or a pipe would replace it rather than write into it.
         raise InvalidArgumentError(f"{out_path}: not a regular file", param="out_path")
     folder = os.path.dirname(os.path.abspath(out_path))
     if not os.path.isdir(folder):
         raise InvalidArgumentError(f"{out_path}: no such folder {folder}", param="out_path")
+
+
+@contextlib.contextmanager
+def _replaced_at_end(out_path: str) -> Iterator[str]:
+    """A temporary path to write to, renamed to ``out_path`` once the block succeeds and removed
+    if it fails (Ctrl-C too), so no half-written file is ever left under ``out_path``."""
+    partial = out_path + ".part"
+    try:
+        yield partial
+        os.replace(partial, out_path)
+    except BaseException:
+        if os.path.exists(partial):
+            os.remove(partial)
+        raise
 
 
 def _add_quantized(writer, name: str, w: np.ndarray, qtype) -> None:
@@ -212,8 +232,7 @@ def write_gguf(
     _check_destination(out_path)
     tok = _tokenizer_meta(spec)
 
-    w = gguf.GGUFWriter(out_path, arch)
-    try:
+    with _replaced_at_end(out_path) as partial, contextlib.closing(gguf.GGUFWriter(partial, arch)) as w:
         w.add_name(name or os.path.basename(os.path.normpath(spec.path)) or "model")
         if type in ("tq1_0", "tq2_0"):
             w.add_file_type(gguf.LlamaFileType.MOSTLY_TQ1_0 if type == "tq1_0" else gguf.LlamaFileType.MOSTLY_TQ2_0)
@@ -286,8 +305,6 @@ def write_gguf(
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
-    finally:
-        w.close()
     return out_path
 
 
