@@ -23,13 +23,14 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 
 
 def _sampling(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-n", "--max-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--top-k", type=int, default=40)
-    p.add_argument("--min-p", type=float, default=0.05)
-    p.add_argument("--repeat-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("-n", "--max-tokens", type=int, default=256, help="tokens to generate at most (default 256)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
+    p.add_argument("--top-p", type=float, default=0.95, help="default 0.95")
+    p.add_argument("--top-k", type=int, default=40, help="0 keeps every token (default 40)")
+    p.add_argument("--min-p", type=float, default=0.05, help="default 0.05")
+    p.add_argument("--repeat-penalty", type=float, default=1.0, help="1 is none (default 1.0)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
+    p.add_argument("--ignore-eos", action="store_true", help="go on past the end-of-text token")
 
 
 def _sampling_kwargs(a: argparse.Namespace) -> dict[str, object]:
@@ -41,6 +42,7 @@ def _sampling_kwargs(a: argparse.Namespace) -> dict[str, object]:
         min_p=a.min_p,
         repetition_penalty=a.repeat_penalty,
         seed=a.seed,
+        ignore_eos=a.ignore_eos,
     )
 
 
@@ -157,7 +159,10 @@ def cmd_convert(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="python -m tritlm", description="Ternary and 1-bit LLMs on the CPU.")
+    parser.add_argument("--version", action="version", version=f"tritlm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="stream a completion of a prompt to stdout")
     _add_model(g)

@@ -1,0 +1,84 @@
+"""The command line as a script or a person at a terminal uses it: exit statuses (0, 2 for a bad
+command line, 1 for a failure, 130 after Ctrl-C), one-line errors and never a traceback, text on
+stdout and everything else on stderr, a closed pipe, piped chat input, each subcommand's output.
+
+Each test runs ``python -m tritlm`` in a subprocess, as a user does (signals and pipes need one),
+on a tiny random BitNet folder or on the bundled model where a model must write real text for a
+while."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import model_factory as mf  # noqa: E402
+
+import tritlm  # noqa: E402
+import tritlm.scheduler  # noqa: E402
+from tritlm.__main__ import main  # noqa: E402
+
+CLI = [sys.executable, "-m", "tritlm"]
+# The bundled model writes ~1000 tokens/s here: with 20000 positions and no end of text, a
+# generation runs long enough for a signal to reach it mid-stream.
+LONG = ["-c", "20000", "-n", "20000", "--ignore-eos"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return mf.build_master(tmp_path_factory.mktemp("cli") / "master", seed=11)
+
+
+def cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], input=stdin, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def first_byte(p: subprocess.Popen[bytes]) -> bytes:
+    """The first byte p writes to stdout, waiting at most two minutes for it."""
+    if not select.select([p.stdout], [], [], 120)[0]:
+        p.kill()
+        pytest.fail(f"no output in two minutes: {p.communicate()[1].decode()[-3000:]}")
+    return p.stdout.read(1)
+
+
+def interrupt_after_output(args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Start the CLI, wait for its first byte of stdout (the work is under way, imports are
+    over), send SIGINT as Ctrl-C does, and collect what it did."""
+    p = subprocess.Popen([*CLI, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         bufsize=0)  # unbuffered: communicate() reads the pipe past any buffer
+    if stdin is not None:
+        p.stdin.write(stdin.encode())
+        p.stdin.flush()
+    first = first_byte(p)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    return subprocess.CompletedProcess(p.args, p.returncode, (first + out).decode(), err.decode())
+
+
+def assert_status(r: subprocess.CompletedProcess[str], status: int) -> None:
+    assert r.returncode == status, (r.returncode, r.stderr[-3000:])
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess[str], status: int, text: str) -> None:
+    assert_status(r, status)
+    assert text in r.stderr.strip().splitlines()[-1], r.stderr
+
+
+# -- generate, info, bench, convert ----------------------------------------------------------------
+
+
+def test_generate_options(folder: Path) -> None:
+    r = cli("generate", "-m", str(folder), "-n", "40", "--temperature", "0", "--ignore-eos", "Hello")
+    assert r.returncode == 0, r.stderr
+    assert "40 generated at" in r.stderr  # the random model would have ended it sooner
+    r = cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"tritlm {tritlm.__version__}"
