@@ -82,3 +82,10 @@ def test_generate_options(folder: Path) -> None:
     assert "40 generated at" in r.stderr  # the random model would have ended it sooner
     r = cli("--version")
     assert r.returncode == 0 and r.stdout.strip() == f"tritlm {tritlm.__version__}"
+
+
+def test_one_token_has_no_generation_rate(folder: Path) -> None:
+    """The rate is over the steps after the first token, so one token has none (not 0.0 tok/s)."""
+    r = cli("generate", "-m", str(folder), "-n", "1", "Hello")
+    assert r.returncode == 0, r.stderr
+    assert "1 generated, finish" in r.stderr

@@ -57,11 +57,13 @@ def cmd_generate(a: argparse.Namespace) -> int:
         completion = delta.completion or completion
     sys.stdout.write("\n")
     if completion is not None:
-        t = completion.timings
+        t, n = completion.timings, completion.usage.completion_tokens
+        # The generation rate is over the steps after the first token (which the prompt pass
+        # yields), so one token has no rate to show.
+        rate = f" at {t.generation_tokens_per_s:.1f} tok/s" if n > 1 else ""
         print(
             f"[{completion.usage.prompt_tokens} prompt tokens at {t.prompt_tokens_per_s:.1f} tok/s, "
-            f"{completion.usage.completion_tokens} generated at {t.generation_tokens_per_s:.1f} tok/s, "
-            f"finish: {completion.finish_reason}]",
+            f"{n} generated{rate}, finish: {completion.finish_reason}]",
             file=sys.stderr,
         )
     return 0
