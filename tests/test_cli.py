@@ -89,3 +89,13 @@ def test_one_token_has_no_generation_rate(folder: Path) -> None:
     r = cli("generate", "-m", str(folder), "-n", "1", "Hello")
     assert r.returncode == 0, r.stderr
     assert "1 generated, finish" in r.stderr
+
+
+def test_the_cli_reserves_one_sequence(folder: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """It runs one sequence at a time: a KV cache for the server's eight would make a long -c
+    fail for want of memory that one sequence never needs."""
+    made = []
+    session = tritlm.scheduler._core.Session
+    monkeypatch.setattr(tritlm.scheduler._core, "Session", lambda *a: made.append(a) or session(*a))
+    assert main(["generate", "-m", str(folder), "-n", "2", "Hello"]) == 0
+    assert len(made) == 1

@@ -7,10 +7,14 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import TritlmError
+
+if TYPE_CHECKING:
+    from .llm import LLM
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
@@ -46,10 +50,15 @@ def _sampling_kwargs(a: argparse.Namespace) -> dict[str, object]:
     )
 
 
-def cmd_generate(a: argparse.Namespace) -> int:
+def _load(a: argparse.Namespace, n_ctx: int | None = None) -> LLM:
     from .llm import LLM
 
-    llm = LLM(a.model, n_threads=a.threads, n_ctx=a.ctx, head=a.head)
+    # One sequence at a time here, so the KV cache is reserved for one, not the server's eight.
+    return LLM(a.model, n_threads=a.threads, n_ctx=n_ctx or a.ctx, head=a.head, max_seqs=1)
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    llm = _load(a)
     completion = None
     for delta in llm.stream(a.prompt, **_sampling_kwargs(a)):
         sys.stdout.write(delta.text)
@@ -70,9 +79,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
 
 def cmd_chat(a: argparse.Namespace) -> int:
-    from .llm import LLM
-
-    llm = LLM(a.model, n_threads=a.threads, n_ctx=a.ctx, head=a.head)
+    llm = _load(a)
     messages: list[dict[str, object]] = []
     if a.system:
         messages.append({"role": "system", "content": a.system})
@@ -123,9 +130,8 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     from . import _core
-    from .llm import LLM
 
-    llm = LLM(a.model, n_threads=a.threads, n_ctx=max(a.ctx or 0, a.prompt + a.gen + 1), head=a.head)
+    llm = _load(a, max(a.ctx or 0, a.prompt + a.gen + 1))
     info = llm.info
     threads = a.threads or _core.get_num_threads()
     bandwidth = _core.measure_read_bandwidth(1 << 30, threads, 5)
