@@ -73,6 +73,22 @@ def assert_one_line_error(r: subprocess.CompletedProcess[str], status: int, text
     assert text in r.stderr.strip().splitlines()[-1], r.stderr
 
 
+# -- exit statuses and errors ----------------------------------------------------------------------
+
+
+def test_a_missing_path_is_a_usage_error_and_a_bad_model_a_failure(folder: Path, tmp_path: Path) -> None:
+    r = cli("generate", "-m", str(tmp_path / "nope.gguf"), "Hello")
+    assert_one_line_error(r, 2, "argument -m/--model: no such file or folder")
+    r = cli("info", str(tmp_path / "nope"))
+    assert_one_line_error(r, 2, "argument path: no such file or folder")
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(mf.build_gguf(folder, tmp_path / "whole.gguf").read_bytes()[:100_000])
+    for args in (["info", str(truncated)], ["generate", "-m", str(truncated), "Hello"]):
+        assert_one_line_error(cli(*args), 1, "lies outside the file")
+    r = cli("generate", "-m", str(folder), "-t", "0", "Hello")  # a value the engine refuses
+    assert_one_line_error(r, 2, "error: n_threads must be between 1 and 1024, got 0")
+
+
 # -- generate, info, bench, convert ----------------------------------------------------------------
 
 
@@ -99,3 +115,15 @@ def test_the_cli_reserves_one_sequence(folder: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(tritlm.scheduler._core, "Session", lambda *a: made.append(a) or session(*a))
     assert main(["generate", "-m", str(folder), "-n", "2", "Hello"]) == 0
     assert len(made) == 1
+
+
+def test_convert_refuses_what_it_cannot_convert(folder: Path, tmp_path: Path) -> None:
+    r = cli("convert", str(folder), str(tmp_path / "missing" / "out.gguf"))
+    assert_one_line_error(r, 2, "no such folder")
+    r = cli("convert", str(folder), str(folder))  # the source itself
+    assert_one_line_error(r, 2, "is a folder; name the GGUF file to write")
+    gguf_file = mf.build_gguf(folder, tmp_path / "m.gguf")
+    r = cli("convert", str(gguf_file), str(tmp_path / "again.gguf"))
+    assert_one_line_error(r, 1, "convert reads a Hugging Face BitNet folder")
+    r = cli("convert", str(folder), str(tmp_path / "x.gguf"), "--type", "q4_0")
+    assert_one_line_error(r, 2, "argument --type: invalid choice: 'q4_0'")

@@ -1,12 +1,18 @@
-"""Command line: python -m tritlm {generate,chat,info,bench,convert}."""
+"""Command line: python -m tritlm {generate,chat,info,bench,convert}.
+
+Exit status: 0 on success; 2 for a bad command line (argparse's status, also given for option
+values the engine rejects: a zero thread count, a prompt longer than the context); 1 when the
+work itself fails (an unreadable or corrupt model, a write error).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,9 +22,39 @@ from .errors import TritlmError
 if TYPE_CHECKING:
     from .llm import LLM
 
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def existing_path(text: str) -> str:
+    """An argparse type: a path that exists, so a mistyped one is a usage error found at once."""
+    if not os.path.exists(text):
+        raise argparse.ArgumentTypeError(f"no such file or folder: {text!r}")
+    return text
+
+
+def _describe(e: BaseException) -> str:
+    """One line for an error: an OSError as 'file: reason' rather than '[Errno 2] ...'."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    return str(e)
+
+
+def run_command(fn: Callable[[], int]) -> int:
+    """Run one command so that its expected failures end as one line on stderr and an exit
+    status (see the module docstring), never a traceback."""
+    try:
+        return fn()
+    except ValueError as e:  # a value the engine refused: InvalidArgumentError, ContextOverflowError, ...
+        print(f"error: {_describe(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except (TritlmError, OSError, MemoryError) as e:
+        print(f"error: {_describe(e)}", file=sys.stderr)
+        return EXIT_FAILURE
+
 
 def _add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-m", "--model", default=None,
+    p.add_argument("-m", "--model", type=existing_path, default=None,
                    help="GGUF file or Hugging Face folder (default: the model bundled with tritlm)")
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
     p.add_argument("-c", "--ctx", type=int, default=None,
@@ -183,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--system", default=None, help="system prompt")
     c.set_defaults(fn=cmd_chat)
     i = sub.add_parser("info", help="architecture, sizes, tensor types and template of a model")
-    i.add_argument("path")
+    i.add_argument("path", type=existing_path)
     i.set_defaults(fn=cmd_info)
     b = sub.add_parser("bench", help="prompt and generation speed, as llama-bench measures them")
     _add_model(b)
@@ -192,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-r", "--repeats", type=int, default=3)
     b.set_defaults(fn=cmd_bench)
     v = sub.add_parser("convert", help="Hugging Face BitNet folder -> GGUF")
-    v.add_argument("src")
+    v.add_argument("src", type=existing_path)
     v.add_argument("dst")
     v.add_argument("--type", choices=["tq2_0", "tq1_0", "i2_s"], default="i2_s")
     v.set_defaults(fn=cmd_convert)
@@ -201,11 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.fn(args))
-    except (TritlmError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command(lambda: int(args.fn(args)))
 
 
 if __name__ == "__main__":
