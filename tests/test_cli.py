@@ -89,6 +89,13 @@ def test_a_missing_path_is_a_usage_error_and_a_bad_model_a_failure(folder: Path,
     assert_one_line_error(r, 2, "error: n_threads must be between 1 and 1024, got 0")
 
 
+def test_warnings_are_one_line_on_stderr() -> None:
+    r = cli("generate", "-c", "2048", "-n", "1", "And")  # beyond the bundled model's 1024 positions
+    assert r.returncode == 0, r.stderr
+    assert "warning: n_ctx=2048 is beyond the 1024 positions" in r.stderr
+    assert ".py:" not in r.stderr, r.stderr  # no file:line and source line of the library
+
+
 # -- generate, info, bench, convert ----------------------------------------------------------------
 
 

@@ -12,8 +12,9 @@ import os
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,11 +41,19 @@ def _describe(e: BaseException) -> str:
     return str(e)
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    # A command line user gets the warning, not the source line of the library that issued it.
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def run_command(fn: Callable[[], int]) -> int:
     """Run one command so that its expected failures end as one line on stderr and an exit
     status (see the module docstring), never a traceback."""
     try:
-        return fn()
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return fn()
     except ValueError as e:  # a value the engine refused: InvalidArgumentError, ContextOverflowError, ...
         print(f"error: {_describe(e)}", file=sys.stderr)
         return EXIT_USAGE
