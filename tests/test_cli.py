@@ -96,6 +96,13 @@ def test_warnings_are_one_line_on_stderr() -> None:
     assert ".py:" not in r.stderr, r.stderr  # no file:line and source line of the library
 
 
+def test_text_the_console_cannot_encode_is_replaced(folder: Path) -> None:
+    # The random model's first tokens here are pieces of multi-byte characters, shown as U+FFFD.
+    r = cli("generate", "-m", str(folder), "-n", "8", "--temperature", "0", "Hello", env={"PYTHONIOENCODING": "ascii"})
+    assert r.returncode == 0, r.stderr
+    assert "?" in r.stdout
+
+
 # -- generate, info, bench, convert ----------------------------------------------------------------
 
 

@@ -50,6 +50,10 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 def run_command(fn: Callable[[], int]) -> int:
     """Run one command so that its expected failures end as one line on stderr and an exit
     status (see the module docstring), never a traceback."""
+    if hasattr(sys.stdout, "reconfigure"):
+        # Model text may hold characters the console's encoding lacks (a cp1252 console): print
+        # them as '?' rather than stop the generation with a UnicodeEncodeError.
+        sys.stdout.reconfigure(errors="replace")
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
