@@ -131,6 +131,19 @@ def test_the_cli_reserves_one_sequence(folder: Path, monkeypatch: pytest.MonkeyP
     assert len(made) == 1
 
 
+def test_bench_checks_its_counts_and_labels_its_figures(folder: Path) -> None:
+    for args, option in ((["-r", "0"], "-r/--repeats"), (["-p", "-1"], "-p/--prompt"), (["-n", "x"], "-n/--gen")):
+        r = cli("bench", "-m", str(folder), *args)
+        assert_one_line_error(r, 2, f"argument {option}:")
+        assert r.stdout == ""  # refused before any measuring
+    r = cli("bench", "-p", "16", "-n", "0", "-r", "1")  # -n 0: the prompt alone, as in llama-bench
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith(f"model: {tritlm.default_model_path()}  threads: ")
+    assert lines[0].endswith(" MB") and "weights read per token: " in lines[0]
+    assert lines[2].startswith("pp16 ") and lines[2].endswith(" tokens/s") and len(lines) == 3
+
+
 def test_convert_refuses_what_it_cannot_convert(folder: Path, tmp_path: Path) -> None:
     r = cli("convert", str(folder), str(tmp_path / "missing" / "out.gguf"))
     assert_one_line_error(r, 2, "no such folder")

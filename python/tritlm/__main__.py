@@ -27,6 +27,21 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
+def count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum``, refused before any work starts."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def existing_path(text: str) -> str:
     """An argparse type: a path that exists, so a mistyped one is a usage error found at once."""
     if not os.path.exists(text):
@@ -177,14 +192,22 @@ def cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
+def _bytes(n: float) -> str:
+    return f"{n / 1e9:.3f} GB" if n >= 1e9 else f"{n / 1e6:.3f} MB"
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     from . import _core
 
     llm = _load(a, max(a.ctx or 0, a.prompt + a.gen + 1))
     info = llm.info
     threads = a.threads or _core.get_num_threads()
-    bandwidth = _core.measure_read_bandwidth(1 << 30, threads, 5)
     per_token = info["linear_bytes"] + info["head_bytes"]  # every linear and the head, each token
+    # Each line as soon as it is measured, as llama-bench prints its rows.
+    print(f"model: {info['path']}  threads: {threads}  weights read per token: {_bytes(per_token)}", flush=True)
+    bandwidth = _core.measure_read_bandwidth(1 << 30, threads, 5)
+    roofline = bandwidth / per_token
+    print(f"read bandwidth (same run): {bandwidth / 1e9:.1f} GB/s -> roofline {roofline:.1f} tokens/s", flush=True)
     rng = np.random.default_rng(0)
     vocab = llm.n_vocab
     pp, tg = [], []
@@ -195,15 +218,13 @@ def cmd_bench(a: argparse.Namespace) -> int:
                            ignore_eos=True)
         pp.append(out.timings.prompt_tokens_per_s)
         tg.append(out.timings.generation_tokens_per_s)
-    roofline = bandwidth / per_token
 
     def fmt(xs: list[float]) -> str:
         return f"{statistics.mean(xs):8.2f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:6.2f}"
 
-    print(f"model: {a.model}  threads: {threads}  bytes read per token: {per_token / 1e9:.3f} GB")
-    print(f"read bandwidth (same run): {bandwidth / 1e9:.1f} GB/s -> roofline {roofline:.1f} tokens/s")
     print(f"pp{a.prompt:<5} {fmt(pp)} tokens/s")
-    print(f"tg{a.gen:<5} {fmt(tg)} tokens/s  ({100 * statistics.mean(tg) / roofline:.0f}% of roofline)")
+    if a.gen:  # -n 0 measures the prompt alone, as in llama-bench
+        print(f"tg{a.gen:<5} {fmt(tg)} tokens/s  ({100 * statistics.mean(tg) / roofline:.0f}% of roofline)")
     return 0
 
 
@@ -236,9 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(fn=cmd_info)
     b = sub.add_parser("bench", help="prompt and generation speed, as llama-bench measures them")
     _add_model(b)
-    b.add_argument("-p", "--prompt", type=int, default=128, help="prompt tokens")
-    b.add_argument("-n", "--gen", type=int, default=64, help="generated tokens")
-    b.add_argument("-r", "--repeats", type=int, default=3)
+    b.add_argument("-p", "--prompt", type=count(1), default=128, help="prompt tokens (default 128)")
+    b.add_argument("-n", "--gen", type=count(0), default=64, help="generated tokens, 0 for none (default 64)")
+    b.add_argument("-r", "--repeats", type=count(1), default=3, help="runs of each (default 3)")
     b.set_defaults(fn=cmd_bench)
     v = sub.add_parser("convert", help="Hugging Face BitNet folder -> GGUF")
     v.add_argument("src", type=existing_path)
