@@ -103,6 +103,25 @@ def test_text_the_console_cannot_encode_is_replaced(folder: Path) -> None:
     assert "?" in r.stdout
 
 
+# -- Ctrl-C and pipes ------------------------------------------------------------------------------
+
+
+def test_ctrl_c_stops_generate_cleanly() -> None:
+    r = interrupt_after_output(["generate", *LONG, "And God said"])
+    assert_status(r, 130)
+    assert r.stdout
+
+
+def test_ctrl_c_stops_a_piped_chat_cleanly() -> None:
+    r = interrupt_after_output(["chat", *LONG], stdin="Hello\n")
+    assert_status(r, 130)
+
+
+def test_ctrl_c_stops_bench_cleanly(folder: Path) -> None:
+    r = interrupt_after_output(["bench", "-m", str(folder), "-p", "16", "-n", "8", "-r", "100000"])
+    assert_status(r, 130)
+
+
 # -- generate, info, bench, convert ----------------------------------------------------------------
 
 

@@ -2,7 +2,7 @@
 
 Exit status: 0 on success; 2 for a bad command line (argparse's status, also given for option
 values the engine rejects: a zero thread count, a prompt longer than the context); 1 when the
-work itself fails (an unreadable or corrupt model, a write error).
+work itself fails (an unreadable or corrupt model, a write error); 130 after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a program that Ctrl-C ended
 
 
 def count(minimum: int) -> Callable[[str], int]:
@@ -73,6 +74,9 @@ def run_command(fn: Callable[[], int]) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             return fn()
+    except KeyboardInterrupt:
+        print(file=sys.stderr)  # end the line the interrupted output left open
+        return EXIT_INTERRUPTED
     except ValueError as e:  # a value the engine refused: InvalidArgumentError, ContextOverflowError, ...
         print(f"error: {_describe(e)}", file=sys.stderr)
         return EXIT_USAGE
