@@ -122,6 +122,15 @@ def test_ctrl_c_stops_bench_cleanly(folder: Path) -> None:
     assert_status(r, 130)
 
 
+def test_a_closed_pipe_ends_generate_quietly() -> None:
+    p = subprocess.Popen([*CLI, "generate", *LONG, "And God said"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.read(10)
+    p.stdout.close()  # as `| head -c 10` does
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 1
+    assert "Traceback" not in err and "Broken pipe" not in err, err
+
+
 # -- generate, info, bench, convert ----------------------------------------------------------------
 
 

@@ -2,7 +2,8 @@
 
 Exit status: 0 on success; 2 for a bad command line (argparse's status, also given for option
 values the engine rejects: a zero thread count, a prompt longer than the context); 1 when the
-work itself fails (an unreadable or corrupt model, a write error); 130 after Ctrl-C.
+work itself fails (an unreadable or corrupt model, a write error, stdout's reader gone); 130 after
+Ctrl-C.
 """
 
 from __future__ import annotations
@@ -77,6 +78,11 @@ def run_command(fn: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print(file=sys.stderr)  # end the line the interrupted output left open
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # stdout's reader went away (`... | head`): stop quietly. stdout now points at /dev/null,
+        # so the interpreter's final flush does not report the same broken pipe again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
     except ValueError as e:  # a value the engine refused: InvalidArgumentError, ContextOverflowError, ...
         print(f"error: {_describe(e)}", file=sys.stderr)
         return EXIT_USAGE
