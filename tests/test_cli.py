@@ -131,6 +131,16 @@ def test_a_closed_pipe_ends_generate_quietly() -> None:
     assert "Traceback" not in err and "Broken pipe" not in err, err
 
 
+# -- chat ------------------------------------------------------------------------------------------
+
+
+def test_piped_chat_writes_the_replies_alone_to_stdout() -> None:
+    r = cli("chat", "-n", "8", "--seed", "1", stdin="Hello\nWho are you?\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() and "> " not in r.stdout, r.stdout  # the replies, no prompts
+    assert "tritlm chat" not in r.stderr  # no banner either without a terminal
+
+
 # -- generate, info, bench, convert ----------------------------------------------------------------
 
 

@@ -152,19 +152,29 @@ def cmd_generate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _read_turn(interactive: bool) -> str | None:
+    """The user's next line, or None at end of input. The prompt goes to stderr and only to a
+    terminal, so stdout holds the replies alone when it is piped or redirected."""
+    if interactive:
+        sys.stderr.write("> ")
+        sys.stderr.flush()
+    line = sys.stdin.readline()
+    if not line:
+        if interactive:
+            print(file=sys.stderr)  # Ctrl-D leaves the cursor after the prompt
+        return None
+    return line.rstrip("\n")
+
+
 def cmd_chat(a: argparse.Namespace) -> int:
     llm = _load(a)
+    interactive = sys.stdin.isatty()
     messages: list[dict[str, object]] = []
     if a.system:
         messages.append({"role": "system", "content": a.system})
-    print("tritlm chat: an empty line or Ctrl-D ends the conversation.", file=sys.stderr)
-    while True:
-        try:
-            line = input("> ")
-        except EOFError:
-            break
-        if not line.strip():
-            break
+    if interactive:
+        print("tritlm chat: an empty line or Ctrl-D ends the conversation.", file=sys.stderr)
+    while (line := _read_turn(interactive)) is not None and line.strip():
         messages.append({"role": "user", "content": line})
         reply = []
         for delta in llm.chat_stream(messages, **_sampling_kwargs(a)):
@@ -172,6 +182,7 @@ def cmd_chat(a: argparse.Namespace) -> int:
             sys.stdout.flush()
             reply.append(delta.text)
         sys.stdout.write("\n")
+        sys.stdout.flush()
         messages.append({"role": "assistant", "content": "".join(reply)})
     return 0
 
@@ -257,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling(g)
     g.add_argument("prompt")
     g.set_defaults(fn=cmd_generate)
-    c = sub.add_parser("chat", help="an interactive chat")
+    c = sub.add_parser("chat", help="a chat: one line a turn from stdin, replies on stdout")
     _add_model(c)
     _sampling(c)
     c.add_argument("--system", default=None, help="system prompt")
