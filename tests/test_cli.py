@@ -122,6 +122,39 @@ def test_ctrl_c_stops_bench_cleanly(folder: Path) -> None:
     assert_status(r, 130)
 
 
+def test_ctrl_c_at_a_terminal_ends_the_reply_not_the_chat() -> None:
+    """At a terminal Ctrl-C stops the reply and the chat goes on, as in llama.cpp's chat."""
+    master, slave = pty.openpty()
+    p = subprocess.Popen([*CLI, "chat", *LONG], stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    os.close(slave)
+    err = b""
+
+    def wait_for_prompt(n: int) -> None:  # the n-th "> " on stderr: the chat waits for a turn
+        nonlocal err
+        while err.count(b"> ") < n and select.select([p.stderr], [], [], 120)[0]:
+            chunk = p.stderr.read(4096)
+            if not chunk:  # the chat ended
+                break
+            err += chunk
+        assert err.count(b"> ") >= n, err.decode()[-3000:]
+
+    try:
+        for turn in (1, 2):
+            wait_for_prompt(turn)
+            while select.select([p.stdout], [], [], 0)[0]:  # the previous reply, all written
+                p.stdout.read(65536)
+            os.write(master, b"Tell me more\n")
+            first_byte(p)  # this reply streams
+            p.send_signal(signal.SIGINT)
+        wait_for_prompt(3)
+        os.write(master, b"\x04")  # Ctrl-D ends the chat
+        out, rest = p.communicate(timeout=60)
+    finally:
+        os.close(master)  # the terminal's echo of the input is left unread: a few bytes
+    assert p.returncode == 0, (err + rest).decode()[-3000:]
+    assert b"Traceback" not in err + rest
+
+
 def test_a_closed_pipe_ends_generate_quietly() -> None:
     p = subprocess.Popen([*CLI, "generate", *LONG, "And God said"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert p.stdout.read(10)

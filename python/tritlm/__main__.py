@@ -173,14 +173,22 @@ def cmd_chat(a: argparse.Namespace) -> int:
     if a.system:
         messages.append({"role": "system", "content": a.system})
     if interactive:
-        print("tritlm chat: an empty line or Ctrl-D ends the conversation.", file=sys.stderr)
+        print("tritlm chat: an empty line or Ctrl-D ends the conversation, Ctrl-C a reply.", file=sys.stderr)
     while (line := _read_turn(interactive)) is not None and line.strip():
         messages.append({"role": "user", "content": line})
+        stream = llm.chat_stream(messages, **_sampling_kwargs(a))
         reply = []
-        for delta in llm.chat_stream(messages, **_sampling_kwargs(a)):
-            sys.stdout.write(delta.text)
-            sys.stdout.flush()
-            reply.append(delta.text)
+        try:
+            for delta in stream:
+                sys.stdout.write(delta.text)
+                sys.stdout.flush()
+                reply.append(delta.text)
+        except KeyboardInterrupt:
+            if not interactive:
+                raise
+            # At a terminal Ctrl-C stops the reply, as in llama.cpp's chat; the conversation goes on.
+        finally:
+            stream.close()
         sys.stdout.write("\n")
         sys.stdout.flush()
         messages.append({"role": "assistant", "content": "".join(reply)})
