@@ -174,6 +174,13 @@ def test_piped_chat_writes_the_replies_alone_to_stdout() -> None:
     assert "tritlm chat" not in r.stderr  # no banner either without a terminal
 
 
+def test_a_chat_that_outgrows_the_context_goes_on() -> None:
+    turns = "Hello there my friend\nAnd more words please\nand more\nand more again\n"
+    r = cli("chat", "-c", "64", "-n", "20", "--seed", "1", stdin=turns)
+    assert r.returncode == 0, r.stderr
+    assert "oldest exchange is forgotten" in r.stderr
+
+
 # -- generate, info, bench, convert ----------------------------------------------------------------
 
 

@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import TritlmError
+from .errors import ContextOverflowError, TritlmError
 
 if TYPE_CHECKING:
     from .llm import LLM
+    from .scheduler import Stream
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -166,6 +167,20 @@ def _read_turn(interactive: bool) -> str | None:
     return line.rstrip("\n")
 
 
+def _open_reply(llm: LLM, messages: list[dict[str, object]], kwargs: dict[str, object]) -> Stream:
+    """The reply's stream. A conversation that outgrows the context forgets its oldest exchanges
+    (the system prompt stays), much as llama.cpp's chat shifts its context, rather than end."""
+    first = 1 if messages[0]["role"] == "system" else 0
+    while True:
+        try:
+            return llm.chat_stream(messages, **kwargs)
+        except ContextOverflowError:
+            if len(messages) - first <= 1:  # the new message alone does not fit
+                raise
+            del messages[first:first + 2]
+            print("[the conversation outgrew the context: its oldest exchange is forgotten]", file=sys.stderr)
+
+
 def cmd_chat(a: argparse.Namespace) -> int:
     llm = _load(a)
     interactive = sys.stdin.isatty()
@@ -174,9 +189,10 @@ def cmd_chat(a: argparse.Namespace) -> int:
         messages.append({"role": "system", "content": a.system})
     if interactive:
         print("tritlm chat: an empty line or Ctrl-D ends the conversation, Ctrl-C a reply.", file=sys.stderr)
+    kwargs = _sampling_kwargs(a)
     while (line := _read_turn(interactive)) is not None and line.strip():
         messages.append({"role": "user", "content": line})
-        stream = llm.chat_stream(messages, **_sampling_kwargs(a))
+        stream = _open_reply(llm, messages, kwargs)
         reply = []
         try:
             for delta in stream:
