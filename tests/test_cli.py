@@ -209,6 +209,16 @@ def test_the_cli_reserves_one_sequence(folder: Path, monkeypatch: pytest.MonkeyP
     assert len(made) == 1
 
 
+def test_info_on_each_model_kind(folder: Path, tmp_path: Path) -> None:
+    r = cli("info")  # no path: the bundled model, as generate and chat take it
+    assert r.returncode == 0, r.stderr
+    assert tritlm.default_model_path() in r.stdout and "context       : 1024 tokens (trained)" in r.stdout
+    for path in (folder, mf.build_gguf(folder, tmp_path / "m.gguf", "i2_s")):
+        r = cli("info", str(path))
+        assert r.returncode == 0, r.stderr
+        assert "bitnet-b1.58" in r.stdout and "rms eps 1e-05" in r.stdout and "context       : 512 tokens" in r.stdout
+
+
 def test_bench_checks_its_counts_and_labels_its_figures(folder: Path) -> None:
     for args, option in ((["-r", "0"], "-r/--repeats"), (["-p", "-1"], "-p/--prompt"), (["-n", "x"], "-n/--gen")):
         r = cli("bench", "-m", str(folder), *args)

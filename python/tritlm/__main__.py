@@ -212,9 +212,10 @@ def cmd_chat(a: argparse.Namespace) -> int:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
+    from .bundled import default_model_path
     from .loaders import load_model
 
-    spec = load_model(a.path)
+    spec = load_model(default_model_path() if a.path is None else a.path)
     c = spec.config
     print(f"path          : {spec.path}")
     print(f"architecture  : {c['arch']} (activation {c['activation']}, sub-norms {c['sub_norms']})")
@@ -222,7 +223,9 @@ def cmd_info(a: argparse.Namespace) -> int:
         f"shape         : {c['n_layers']} layers, dim {c['dim']}, heads {c['n_heads']} (kv {c['n_kv_heads']}), "
         f"head_dim {c['head_dim']}, ffn {c['ffn_dim']}, vocab {c['vocab_size']}"
     )
-    print(f"rope theta    : {c['rope_theta']}, rms eps {c['norm_eps']}")
+    print(f"rope theta    : {c['rope_theta']:.7g}, rms eps {c['norm_eps']:.7g}")
+    trained = c.get("max_position")
+    print(f"context       : {f'{trained} tokens (trained)' if trained else 'not stated'}")
     types: dict[str, int] = {}
     for t in spec.tensor_types.values():
         types[t] = types.get(t, 0) + 1
@@ -298,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--system", default=None, help="system prompt")
     c.set_defaults(fn=cmd_chat)
     i = sub.add_parser("info", help="architecture, sizes, tensor types and template of a model")
-    i.add_argument("path", type=existing_path)
+    i.add_argument("path", nargs="?", type=existing_path, default=None,
+                   help="GGUF file or Hugging Face folder (default: the bundled model)")
     i.set_defaults(fn=cmd_info)
     b = sub.add_parser("bench", help="prompt and generation speed, as llama-bench measures them")
     _add_model(b)
