@@ -232,6 +232,17 @@ def test_bench_checks_its_counts_and_labels_its_figures(folder: Path) -> None:
     assert lines[2].startswith("pp16 ") and lines[2].endswith(" tokens/s") and len(lines) == 3
 
 
+def test_convert_refuses_to_overwrite_without_force(folder: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "out.gguf"
+    dst.write_bytes(b"keep me")
+    r = cli("convert", str(folder), str(dst))
+    assert_one_line_error(r, 2, f"{dst} exists; pass --force to overwrite it")
+    assert dst.read_bytes() == b"keep me"
+    r = cli("convert", str(folder), str(dst), "--force", "--type", "tq2_0")
+    assert r.returncode == 0, r.stderr
+    assert f"wrote {dst} (" in r.stderr and dst.read_bytes()[:4] == b"GGUF"
+
+
 def test_convert_refuses_what_it_cannot_convert(folder: Path, tmp_path: Path) -> None:
     r = cli("convert", str(folder), str(tmp_path / "missing" / "out.gguf"))
     assert_one_line_error(r, 2, "no such folder")

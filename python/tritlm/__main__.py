@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import ContextOverflowError, TritlmError
+from .errors import ContextOverflowError, InvalidArgumentError, TritlmError
 
 if TYPE_CHECKING:
     from .llm import LLM
@@ -279,8 +279,11 @@ def cmd_bench(a: argparse.Namespace) -> int:
 def cmd_convert(a: argparse.Namespace) -> int:
     from .loaders.convert import convert
 
+    if os.path.isfile(a.dst) and not a.force:
+        raise InvalidArgumentError(f"{a.dst} exists; pass --force to overwrite it", param="dst")
+    start = time.perf_counter()
     convert(a.src, a.dst, a.type)
-    print(f"wrote {a.dst}", file=sys.stderr)
+    print(f"wrote {a.dst} ({_bytes(os.path.getsize(a.dst))}, {time.perf_counter() - start:.1f} s)", file=sys.stderr)
     return 0
 
 
@@ -311,9 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-r", "--repeats", type=count(1), default=3, help="runs of each (default 3)")
     b.set_defaults(fn=cmd_bench)
     v = sub.add_parser("convert", help="Hugging Face BitNet folder -> GGUF")
-    v.add_argument("src", type=existing_path)
-    v.add_argument("dst")
-    v.add_argument("--type", choices=["tq2_0", "tq1_0", "i2_s"], default="i2_s")
+    v.add_argument("src", type=existing_path, help="Hugging Face BitNet folder")
+    v.add_argument("dst", help="GGUF file to write")
+    v.add_argument("--type", choices=["tq2_0", "tq1_0", "i2_s"], default="i2_s",
+                   help="linear weight type (default i2_s)")
+    v.add_argument("-f", "--force", action="store_true", help="overwrite dst if it exists")
     v.set_defaults(fn=cmd_convert)
     return parser
 
