@@ -3,7 +3,7 @@
 Exit status: 0 on success; 2 for a bad command line (argparse's status, also given for option
 values the engine rejects: a zero thread count, a prompt longer than the context); 1 when the
 work itself fails (an unreadable or corrupt model, a write error, stdout's reader gone); 130 after
-Ctrl-C.
+Ctrl-C. Generated text goes to stdout, everything else (speeds, warnings, errors) to stderr.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 
 def run_command(fn: Callable[[], int]) -> int:
     """Run one command so that its expected failures end as one line on stderr and an exit
-    status (see the module docstring), never a traceback."""
+    status (see the module docstring), never a traceback. ``python -m tritlm.bench`` shares it."""
     if hasattr(sys.stdout, "reconfigure"):
         # Model text may hold characters the console's encoding lacks (a cp1252 console): print
         # them as '?' rather than stop the generation with a UnicodeEncodeError.

@@ -23,6 +23,7 @@ these are figures on a shared, noisy machine, not timed tests.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import gc
 import json
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from . import _core, kernels
+from .__main__ import count, run_command
 from .kernels import PackedWeights
 
 # --------------------------------------------------------------------------------------------
@@ -248,6 +250,13 @@ def _int_list(text: str) -> list[int]:
     if not values or any(v <= 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
+
+
+def _isa(name: str) -> str:
+    """Parse --isa for argparse: a kernel table this CPU and build have, named before measuring."""
+    if name not in kernels.available_isas():
+        raise argparse.ArgumentTypeError(f"{name!r} is not available here; choose from {','.join(kernels.available_isas())}")
+    return name
 
 
 def cpu_model() -> str:
@@ -743,12 +752,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated batch sizes (default 1,8,128)")
     k.add_argument("--quick", action="store_true",
                    help="smoke-test run: 3-layer decode set, 256 MiB bandwidth buffer, few repeats")
-    k.add_argument("--layers", type=int, default=None,
+    k.add_argument("--layers", type=count(1), default=None,
                    help=f"layers in the decode set (default {MODEL_LAYERS}, 3 with --quick)")
-    k.add_argument("--passes", type=int, default=None, help="timed decode passes (default 20, 3 with --quick)")
+    k.add_argument("--passes", type=count(1), default=None, help="timed decode passes (default 20, 3 with --quick)")
     k.add_argument("--sections", type=_section_list, default=list(SECTIONS),
                    help=f"comma-separated parts to run (default all: {','.join(SECTIONS)})")
-    k.add_argument("--isa", default=None, help="kernel table to use instead of the dispatched one")
+    k.add_argument("--isa", type=_isa, default=None, help="kernel table to use instead of the dispatched one")
     k.add_argument("--json", metavar="PATH", default=None, help="also write the figures as JSON to PATH")
     k.add_argument("--verbose", "-v", action="store_true", help="progress lines on stderr")
     return p
@@ -757,13 +766,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns 0 whatever the targets say (misses are figures, not failures)."""
     ns = build_parser().parse_args(argv)
-    if ns.command == "kernels":
-        cfg = Config.from_args(ns)
+    return run_command(lambda: run_kernels_command(ns))
 
-        def progress(msg: str) -> None:
-            if ns.verbose:
-                print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
+def run_kernels_command(ns: argparse.Namespace) -> int:
+    cfg = Config.from_args(ns)
+
+    def progress(msg: str) -> None:
+        if ns.verbose:
+            print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+    # Opened before measuring, so a path that cannot be written fails now, not after the run.
+    with open(ns.json, "w", encoding="utf-8") if ns.json else contextlib.nullcontext() as json_file:
         system = system_header()
         print(render_header(system, asdict(cfg)) + "\n", flush=True)
         t0 = time.perf_counter()
@@ -772,10 +786,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rep.system["elapsed_s"] = round(time.perf_counter() - t0, 1)
         print(render(rep), flush=True)
         print(f"\nload avg at end: {rep.system['load_end']}; measured in {rep.system['elapsed_s']} s", flush=True)
-        if ns.json:
-            with open(ns.json, "w", encoding="utf-8") as f:
-                json.dump(rep.to_json(), f, indent=2)
-                f.write("\n")
+        if json_file is not None:
+            json.dump(rep.to_json(), json_file, indent=2)
+            json_file.write("\n")
     return 0
 
 
