@@ -5,6 +5,7 @@ prefixes are reused exactly, and admission control and backpressure hold."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -271,3 +272,98 @@ def test_generate_runs_a_batch_larger_than_the_queue_holds(folder, llm: tritlm.L
     assert [c.token_ids for c in got_async] == want[:5]
     assert small.stats()["peak_batch_seqs"] == 2 and small.stats()["waiting"] == 0
     small.close()
+
+
+def test_an_abandoned_batch_stops_waiting_for_room(folder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """agenerate(list) cancelled while its worker thread waits for room: the worker returns
+    then, rather than when room frees or the engine next steps (here neither happens: the slot's
+    stream is left unread, and the engine waits inside a call)."""
+    llm = tritlm.LLM(folder, n_ctx=256, max_seqs=1, max_waiting=0)
+    holder = llm.stream(PROMPTS[0], max_tokens=200, temperature=0, ignore_eos=True)
+    next(holder)  # it holds the only slot
+    release = threading.Event()
+    engine_held = threading.Thread(target=llm._scheduler.call, args=(lambda _: release.wait(120),))
+    engine_held.start()
+    entered, returned = threading.Event(), threading.Event()
+    submit_all = llm._scheduler.submit_all
+
+    def watched(reqs: list) -> None:
+        entered.set()
+        try:
+            submit_all(reqs)
+        finally:
+            returned.set()
+
+    monkeypatch.setattr(llm._scheduler, "submit_all", watched)
+
+    async def give_up() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: llm.agenerate(PROMPTS[1:3], max_tokens=2))
+            assert await anyio.to_thread.run_sync(entered.wait, 60)
+            tg.cancel_scope.cancel()
+
+    _returns(lambda: anyio.run(give_up))
+    assert returned.wait(60), "the abandoned batch still waits for room"
+    release.set()
+    engine_held.join()
+    assert llm.stats()["waiting"] == 0  # its requests were never queued
+    assert len([d for d in holder][-1].completion.token_ids) == 200
+    llm.close()
+
+
+def test_a_crash_before_a_queued_call_runs_fails_the_call(folder, monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = tritlm.LLM(folder, n_ctx=256, max_seqs=1)
+
+    def broken() -> list:
+        raise RuntimeError("an admission bug")
+
+    monkeypatch.setattr(llm._scheduler, "_admit", broken)
+    with pytest.raises(EngineClosedError, match="an admission bug"):
+        _returns(lambda: llm.eval_logits(llm.tokenize(PROMPTS[0])))
+    llm.close()
+
+
+# A stream, and so its LLM, that only a reference cycle keeps is collected wherever a garbage
+# collection happens to run: here on the engine thread while it holds the scheduler's lock.
+# Stream.__del__ (cancel) and LLM.__del__ (close) take that lock and must not deadlock there.
+# A subprocess, since a deadlocked engine would hang this interpreter's exit.
+_COLLECTED_ON_THE_ENGINE = """
+import gc, sys
+import tritlm, tritlm.scheduler
+from tritlm.errors import EngineClosedError
+
+drop_cancelled = tritlm.scheduler.Scheduler._drop_cancelled
+
+def collecting(self):
+    gc.collect()
+    drop_cancelled(self)
+
+tritlm.scheduler.Scheduler._drop_cancelled = collecting  # called with the lock held
+gc.disable()  # collections happen only there
+llm = tritlm.LLM(sys.argv[1], n_ctx=64, max_seqs=1)
+scheduler = llm._scheduler
+
+class Cycle:
+    pass
+
+cycle = Cycle()
+cycle.me = cycle
+cycle.stream = llm.stream("x", max_tokens=50, ignore_eos=True)
+del cycle, llm
+try:
+    scheduler.call(lambda session: None)  # an engine step, if the collection has not closed it yet
+except EngineClosedError:
+    pass
+scheduler._thread.join(60)
+print("engine thread alive:", scheduler._thread.is_alive())
+"""
+
+
+def test_finalizers_collected_on_the_engine_thread_do_not_deadlock(folder) -> None:
+    try:
+        run = subprocess.run([sys.executable, "-c", _COLLECTED_ON_THE_ENGINE, str(folder)],
+                             capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the engine deadlocked in a finalizer")
+    assert run.returncode == 0 and "Exception ignored" not in run.stderr, run.stderr
+    assert "engine thread alive: False" in run.stdout  # the collected LLM closed its engine

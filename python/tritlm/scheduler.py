@@ -185,7 +185,9 @@ class Scheduler:
         self._slots = [Slot(_core.Session(model, n_ctx, kv_f16, n_threads)) for _ in range(settings.max_seqs)]
         self._kv_f16 = kv_f16
         self._aux: Any = None  # a session for whole-text evaluations (perplexity, embeddings)
-        lock = threading.Lock()
+        # Reentrant: a finalizer run by a garbage collection (Stream.__del__ cancels, LLM.__del__
+        # closes) may take it on a thread that already holds it, e.g. the engine thread mid-loop.
+        lock = threading.RLock()
         self._cv = threading.Condition(lock)  # the engine waits on it for work
         self._room_freed = threading.Condition(lock)  # submit_all waits on it for room in the queue
         self._waiting: collections.deque[Request] = collections.deque()
@@ -217,20 +219,22 @@ class Scheduler:
     def submit_all(self, reqs: list[Request]) -> None:
         """Queue every request, as many at a time as there is room for (those start in the same
         step), waiting for room as earlier requests end: a batch larger than max_seqs +
-        max_waiting still runs whole. Requests cancelled while they wait are skipped."""
+        max_waiting still runs whole. Requests cancelled before their turn are skipped, and once
+        all that remain are, it returns: a caller that gave up (an abandoned agenerate's worker
+        thread) does not stay blocked until room frees."""
         for req in reqs:
             self._check_fits(req)
-        pending = collections.deque(reqs)
+        pending = list(reqs)
         with self._cv:
-            while pending:
+            while pending := [r for r in pending if not r.cancelled]:
                 if self._closed:
                     raise self._closed_error(running=False)
                 room = self._room()
                 if room < 1:
-                    self._room_freed.wait()
+                    self._room_freed.wait()  # notified as requests end, on cancel(), close and a crash
                     continue
-                batch = [pending.popleft() for _ in range(min(room, len(pending)))]
-                self._enqueue([r for r in batch if not r.cancelled])
+                self._enqueue(pending[:room])
+                pending = pending[room:]
 
     def _check_fits(self, req: Request) -> None:
         if req.reservation > self.n_ctx:
@@ -258,6 +262,7 @@ class Scheduler:
         with self._cv:
             req.cancelled = True
             self._cv.notify()
+            self._room_freed.notify_all()  # submit_all drops it if it has not queued it yet
 
     def wake(self) -> None:
         """A reader made room in its channel: a throttled sequence may step again."""
@@ -299,7 +304,10 @@ class Scheduler:
             self._closed = True
             self._cv.notify()
             self._room_freed.notify_all()
-        self._thread.join()
+        # On the engine thread (LLM.__del__ run by a collection there) the loop ends by itself once
+        # this returns; a thread cannot join itself.
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
 
     # -- the engine thread ---------------------------------------------------------------------
 
@@ -334,10 +342,12 @@ class Scheduler:
                         self._cv.wait()
                     if self._closed:
                         break
-                    jobs = list(self._jobs)
-                    self._jobs.clear()
                     self._drop_cancelled()
                     admitted = self._admit()
+                    # Taken last, so that a crash in the calls above leaves them queued for
+                    # _shutdown to fail: taken and then dropped, their callers would wait forever.
+                    jobs = list(self._jobs)
+                    self._jobs.clear()
                 for fn, box, done in jobs:
                     try:
                         box.append(fn())
