@@ -300,6 +300,49 @@ def test_async_twins_match_sync_and_do_not_block(llm: tritlm.LLM) -> None:
     assert ticks > 6  # the event loop kept running while tokens were computed
 
 
+def test_batches_waiting_for_room_leave_async_streams_their_readers(folder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """agenerate(list) calls waiting for room wait on the requests running, which may be async
+    streams that end only as they are read: the waiting calls must not hold the worker threads
+    those streams' readers need. Here more of them wait than the readers' limiter has tokens,
+    for the one slot, held by a stream longer than its buffer."""
+    llm = tritlm.LLM(folder, n_ctx=256, max_seqs=1, max_waiting=0)
+    n_batches = int(llm._readers.total_tokens) + 1
+    entered = threading.Semaphore(0)
+    submit_all = llm._scheduler.submit_all
+
+    def counted(reqs: list) -> None:
+        entered.release()
+        submit_all(reqs)
+
+    monkeypatch.setattr(llm._scheduler, "submit_all", counted)
+
+    async def main() -> tuple[list, list]:
+        stream = llm.astream(PROMPT, max_tokens=100, temperature=0, ignore_eos=True)
+        first = await stream.__anext__()  # its sequence holds the only slot
+        results: list = [None] * n_batches
+        async with anyio.create_task_group() as tg:
+            async def batch(i: int) -> None:
+                results[i] = await llm.agenerate([f"prompt {i}"], max_tokens=2, temperature=0, ignore_eos=True)
+
+            for i in range(n_batches):
+                tg.start_soon(batch, i)
+            # As many wait for room as the readers have tokens; reading on takes one more.
+            for _ in range(n_batches - 1):
+                assert await anyio.to_thread.run_sync(entered.acquire, True, 60)
+            deltas = [first] + [d async for d in stream]
+        return deltas, results
+
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(anyio.run(main)), daemon=True)
+    thread.start()
+    thread.join(120)  # far beyond what the calls need: a bound on a hang, not a timing check
+    assert out, "the stream and the batches waiting for its slot hang"
+    deltas, results = out[0]
+    assert len(deltas[-1].completion.token_ids) == 100
+    assert all(len(r) == 1 and r[0].usage.completion_tokens == 2 for r in results)
+    llm.close()
+
+
 def test_embed_is_normalized_and_distinguishes_texts(llm: tritlm.LLM) -> None:
     e = llm.embed(["the cat sat", "the cat sat", "numbers 12345"])
     assert e.shape == (3, llm.spec.config["dim"]) and e.dtype == np.float32

@@ -252,8 +252,15 @@ class LLM:
                 "sequences, more than this machine can reserve: lower n_ctx or max_seqs"
             ) from e
         # Async readers wait for their next delta in worker threads; a limiter of their own
-        # keeps many open streams from starving other to_thread users.
+        # keeps many open streams from starving other to_thread users. It has a token for each
+        # request the queue holds, so a stream's reader always gets one.
         self._readers = anyio.CapacityLimiter(max_seqs + max_waiting + 8)
+        # agenerate(list) waits in a worker thread for room in the queue, i.e. for other requests
+        # to end, some of them streams that end only as they are read: holding readers' tokens
+        # while it waits, enough such calls would leave those streams no reader, and all would
+        # wait forever. Its own requests need no reader (their channels are unbounded), so no
+        # batch waits on another's token: this limiter bounds threads, never progress.
+        self._batch_waiters = anyio.CapacityLimiter(max_seqs + max_waiting + 8)
 
     def _context(self, n_ctx: int | None) -> int:
         """n_ctx, or the default for this model; a warning when it exceeds the trained context."""
@@ -491,7 +498,7 @@ class LLM:
             reqs, streams = await anyio.to_thread.run_sync(lambda: self._batch(prompt, kwargs))
             try:
                 return await anyio.to_thread.run_sync(
-                    lambda: self._run_batch(reqs, streams), abandon_on_cancel=True, limiter=self._readers
+                    lambda: self._run_batch(reqs, streams), abandon_on_cancel=True, limiter=self._batch_waiters
                 )
             finally:  # on cancellation too: the requests stop at the next step
                 for s in streams:
