@@ -95,6 +95,8 @@ def test_default_model_is_the_bundled_gguf(llm: tritlm.LLM) -> None:
     assert llm.spec.config["activation"] == "relu2" and llm.spec.config["sub_norms"]
     assert llm.spec.config["n_kv_heads"] < llm.spec.config["n_heads"]  # GQA, as 2B4T
     assert llm.spec.chat_template and "<|eot_id|>" in llm.spec.chat_template
+    # The file's f32 embedding, tied to the head, is rounded to f16 once for the f16 kernel.
+    assert llm.info["tied_head"] and llm.info["head_dtype"] == "f16"
 
 
 def test_perplexity_matches_the_training_forward(ppl: float, windows: np.ndarray) -> None:
