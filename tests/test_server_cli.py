@@ -49,6 +49,19 @@ def test_a_model_without_a_ctx_gets_its_own_context() -> None:
         llm.close()
 
 
+def test_a_taken_port_is_one_line_and_status_1(model: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([*SERVE, "--model", str(model), "--port", str(port)], capture_output=True, text=True,
+                           env=clean_env(), timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_bad_settings_are_named(model: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(f'[server]\nprot = 8000\n[models.a]\npath = "{model}"\n')

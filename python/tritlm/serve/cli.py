@@ -121,7 +121,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         anyio.run(_serve, service)
-    except OSError as e:  # the port is taken, the address is not ours, ...
-        print(f"tritlm.serve: cannot listen on {config.host}:{config.port}: {e.strerror or e}", file=sys.stderr)
+    except Exception as e:
+        listen = _os_error(e)  # the port is taken, the address is not ours, ...
+        if listen is None:
+            raise
+        print(f"tritlm.serve: cannot listen on {config.host}:{config.port}: {listen.strerror or listen}",
+              file=sys.stderr)
         return 1
     return 0
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """The OSError behind ``e``: itself, or the one inside the exception group anyio's task group
+    wraps a failed listener in (ExceptionGroup is 3.11+, so found by its ``exceptions``)."""
+    if isinstance(e, OSError):
+        return e
+    inner = getattr(e, "exceptions", None)
+    return _os_error(inner[0]) if inner is not None and len(inner) == 1 else None
