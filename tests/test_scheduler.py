@@ -212,13 +212,19 @@ def test_a_failing_request_ends_alone_and_the_engine_goes_on(folder, monkeypatch
     llm.close()
 
 
-def test_a_dead_engine_fails_every_call_instead_of_hanging(folder, monkeypatch: pytest.MonkeyPatch) -> None:
+def _broken_engine(folder, monkeypatch: pytest.MonkeyPatch, method: str, message: str) -> tritlm.LLM:
+    """An LLM whose scheduler's ``method`` raises RuntimeError(message), as a bug in it would."""
     llm = tritlm.LLM(folder, n_ctx=256, max_seqs=1)
 
-    def broken() -> list:
-        raise RuntimeError("a scheduler bug")
+    def broken(*_: object) -> list:
+        raise RuntimeError(message)
 
-    monkeypatch.setattr(llm._scheduler, "_plan", broken)
+    monkeypatch.setattr(llm._scheduler, method, broken)
+    return llm
+
+
+def test_a_dead_engine_fails_every_call_instead_of_hanging(folder, monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _broken_engine(folder, monkeypatch, "_plan", "a scheduler bug")
     with pytest.raises(EngineClosedError, match=r"internal error \(RuntimeError: a scheduler bug\)"):
         _returns(lambda: llm.generate(PROMPTS[0], max_tokens=3))
     with pytest.raises(EngineClosedError, match="a scheduler bug"):
@@ -312,12 +318,7 @@ def test_an_abandoned_batch_stops_waiting_for_room(folder, monkeypatch: pytest.M
 
 
 def test_a_crash_before_a_queued_call_runs_fails_the_call(folder, monkeypatch: pytest.MonkeyPatch) -> None:
-    llm = tritlm.LLM(folder, n_ctx=256, max_seqs=1)
-
-    def broken() -> list:
-        raise RuntimeError("an admission bug")
-
-    monkeypatch.setattr(llm._scheduler, "_admit", broken)
+    llm = _broken_engine(folder, monkeypatch, "_admit", "an admission bug")
     with pytest.raises(EngineClosedError, match="an admission bug"):
         _returns(lambda: llm.eval_logits(llm.tokenize(PROMPTS[0])))
     llm.close()
