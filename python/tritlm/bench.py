@@ -25,16 +25,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import errno
 import gc
 import json
+import math
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -84,6 +87,8 @@ SCALAR_SHAPE = SHAPES[1]
 
 BANDWIDTH_BYTES_FULL = 1 << 30  # >= 1 GiB, so the bandwidth probe cannot be served by cache
 BANDWIDTH_BYTES_QUICK = 256 << 20
+
+OUTPUT_FORMATS = ("text", "json")
 
 # Parts of the run, selectable with --sections so one figure can be re-measured on its own.
 SECTIONS: tuple[str, ...] = ("gemm", "binary", "scalar", "quantize", "decode")
@@ -197,7 +202,26 @@ class DecodeRow:
     read_bw_gbps: float  # the better of the probes before and after (see BandwidthRow)
     fraction_of_bw: float
     build_s: float
+    passes_per_s: float  # 1 / best pass: an upper bound on tokens/s from the linear layers alone
     target: str = ""
+
+
+@dataclass
+class LayerMixRow:
+    """G MAC/s of one whole layer at one batch and thread count (see layer_mix_gmacs)."""
+
+    threads: int
+    batch: int
+    gmacs: float
+
+
+@dataclass
+class SpeedupRow:
+    """How many times faster the SIMD table ran than the scalar specification, best against best."""
+
+    batch: int
+    isa: str
+    speedup: float
 
 
 @dataclass
@@ -218,13 +242,34 @@ class Report:
     quantize: list[QuantRow] = field(default_factory=list)
     bandwidth: list[BandwidthRow] = field(default_factory=list)
     decode: list[DecodeRow] = field(default_factory=list)
+    layer_mix: list[LayerMixRow] = field(default_factory=list)
+    scalar_speedup: list[SpeedupRow] = field(default_factory=list)
     targets: list[TargetRow] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
+        """Every figure the text shows, under the names of the fields that hold it."""
         d = asdict(self)
         for row, b in zip(d["bandwidth"], self.bandwidth):
             row["bytes_per_s"] = b.bytes_per_s
-        return d
+        return json_safe(d)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as None: json.dump would write them as bare ``NaN``,
+    which is not JSON, and jq or a browser refuse the whole file over it."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def dump_json(data: Any, file: Any) -> None:
+    """Write ``data`` as strict JSON (no NaN) with a final newline."""
+    json.dump(json_safe(data), file, indent=2, allow_nan=False)
+    file.write("\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,14 +287,49 @@ def _section_list(text: str) -> list[str]:
 
 
 def _int_list(text: str) -> list[int]:
-    """Parse ``"1,2"`` for argparse; rejects empty or non-positive entries early."""
+    """Parse ``"1,2"`` for argparse; rejects empty or non-positive entries early. A repeated
+    entry is measured once: twice would print two rows of one figure and, for thread counts,
+    give one bandwidth probe to two decode series."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
     if not values or any(v <= 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+    return list(dict.fromkeys(values))
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, as taskset sets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def check_threads(threads: int) -> int:
+    """A thread count a benchmark can honour. More threads than CPUs time the scheduler's
+    time-slicing, not the kernel, and nothing in such a table says so: refused by name."""
+    if threads < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {threads}")
+    cpus = available_cpus()
+    if threads > cpus:
+        raise argparse.ArgumentTypeError(f"{threads} threads is more than the {cpus} CPUs this process can use")
+    return threads
+
+
+def thread_count(text: str) -> int:
+    """Parse one thread count for argparse (see check_threads)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    return check_threads(value)
+
+
+def _thread_list(text: str) -> list[int]:
+    """Parse ``--threads 1,2`` for argparse: positive, and no more than the CPUs there are."""
+    return [check_threads(t) for t in _int_list(text)]
 
 
 def _isa(name: str) -> str:
@@ -456,7 +536,7 @@ def bench_decode(
                 format=fmt, threads=t, isa=isa or cfg.active_isa, layers=cfg.layers, matrices=len(mats),
                 weight_bytes=wbytes, passes=len(times[t]), best_s=best, median_s=statistics.median(times[t]),
                 weight_gbps=wbytes / best / 1e9, read_bw_gbps=float("nan"), fraction_of_bw=float("nan"),
-                build_s=build_s,
+                build_s=build_s, passes_per_s=1.0 / best,
             )
         )
     del mats, acts
@@ -481,6 +561,24 @@ def layer_mix_gmacs(rows: Sequence[GemmRow], threads: int, batch: int) -> float 
         macs += s.per_layer * batch * s.n * s.k
         secs += s.per_layer * r.best_s
     return macs / secs / 1e9
+
+
+def layer_mix_rows(rows: Sequence[GemmRow], threads: Sequence[int], batches: Sequence[int]) -> list[LayerMixRow]:
+    """The layer mix of every (threads, batch) whose four shapes were all measured."""
+    out: list[LayerMixRow] = []
+    for t in threads:
+        for b in batches:
+            mix = layer_mix_gmacs(rows, t, b)
+            if mix is not None:
+                out.append(LayerMixRow(t, b, mix))
+    return out
+
+
+def scalar_speedups(rows: Sequence[GemmRow]) -> list[SpeedupRow]:
+    """SIMD over scalar per batch, from the scalar section's rows (one of each per batch)."""
+    by = {(r.batch, r.isa == "scalar"): r for r in rows}
+    return [SpeedupRow(b, by[(b, False)].isa, by[(b, True)].best_s / by[(b, False)].best_s)
+            for b in sorted({r.batch for r in rows}) if (b, True) in by and (b, False) in by]
 
 
 def evaluate_targets(rep: Report) -> None:
@@ -508,10 +606,10 @@ def evaluate_targets(rep: Report) -> None:
     else:
         rep.targets.append(
             TargetRow(f"decode ternary B=1, {TARGET_THREADS} threads", f">= {TARGET_DECODE_FRACTION:.0%} of read BW",
-                      f"not measured (use --threads containing {TARGET_THREADS})", "n/a")
+                      f"not measured (needs the decode section, --threads {TARGET_THREADS})", "n/a")
         )
 
-    mix = layer_mix_gmacs(rep.gemm, TARGET_THREADS, TARGET_BATCH)
+    mix = next((m.gmacs for m in rep.layer_mix if m.threads == TARGET_THREADS and m.batch == TARGET_BATCH), None)
     name = f"GEMM ternary B={TARGET_BATCH}, {TARGET_THREADS} threads, layer mix"
     if mix is None:
         rep.targets.append(TargetRow(name, f">= {TARGET_GEMM_GMACS:.0f} G MAC/s",
@@ -591,17 +689,14 @@ def render(rep: Report) -> str:
     """Every measured table (the header is printed separately by render_header)."""
     c = rep.config
     out: list[str] = []
-    out.append("GEMM, ternary (2-bit), dispatched ISA; G MAC/s from the best time. B=1 weight GB/s is")
-    out.append("cache-hot (one matrix called in a loop); see the decode rows for memory-bound figures.")
-    out.extend(_table(GEMM_HEADERS, [_gemm_cells(r) for r in rep.gemm], GEMM_RIGHT))
-    mix_lines = []
-    for t in c["threads"]:
-        for b in c["batches"]:
-            mix = layer_mix_gmacs(rep.gemm, t, b)
-            if mix is not None:
-                mix_lines.append(f"  layer mix (2x q/o, 2x k/v, 2x gate/up, 1x down) B={b} thr={t}: {mix:.2f} G MAC/s")
-    out.extend(mix_lines)
-    out.append("")
+    if rep.gemm:
+        isa = "dispatched ISA" if c["isa"] is None else f"ISA {c['isa']} (--isa)"
+        out.append(f"GEMM, ternary (2-bit), {isa}; G MAC/s from the best time. B=1 weight GB/s is")
+        out.append("cache-hot (one matrix called in a loop); see the decode rows for memory-bound figures.")
+        out.extend(_table(GEMM_HEADERS, [_gemm_cells(r) for r in rep.gemm], GEMM_RIGHT))
+        out.extend(f"  layer mix (2x q/o, 2x k/v, 2x gate/up, 1x down) B={m.batch} thr={m.threads}: {m.gmacs:.2f} G MAC/s"
+                   for m in rep.layer_mix)
+        out.append("")
 
     if rep.binary_gemm:
         out.append(f"GEMM, binary (1-bit), B={TARGET_BATCH}")
@@ -611,11 +706,7 @@ def render(rep: Report) -> str:
     if rep.scalar:
         out.append(f"Scalar reference vs dispatched ISA, {SCALAR_SHAPE.label}, 1 thread")
         out.extend(_table(GEMM_HEADERS, [_gemm_cells(r) for r in rep.scalar], GEMM_RIGHT))
-        fast = {(r.batch, r.isa != "scalar"): r for r in rep.scalar}
-        for b in sorted({r.batch for r in rep.scalar}):
-            if (b, True) in fast and (b, False) in fast:
-                simd, ref = fast[(b, True)], fast[(b, False)]
-                out.append(f"  B={b}: {simd.isa} is {ref.best_s / simd.best_s:.1f}x scalar")
+        out.extend(f"  B={x.batch}: {x.isa} is {x.speedup:.1f}x scalar" for x in rep.scalar_speedup)
         out.append("")
 
     if rep.quantize:
@@ -656,7 +747,7 @@ def render(rep: Report) -> str:
                 [[d.format, str(d.threads), d.isa, f"{d.weight_bytes / 1e6:.1f}", _fmt_ms(d.best_s),
                   _fmt_ms(d.median_s),
                   str(d.passes), f"{d.weight_gbps:.2f}", f"{d.read_bw_gbps:.2f}", f"{d.fraction_of_bw:.1%}",
-                  f"{1.0 / d.best_s:.1f}", f"{d.build_s:.1f}", d.target] for d in rep.decode],
+                  f"{d.passes_per_s:.1f}", f"{d.build_s:.1f}", d.target] for d in rep.decode],
                 (False, True, False, True, True, True, True, True, True, True, True, True, False),
             )
         )
@@ -739,6 +830,8 @@ def run_kernels(cfg: Config, system: dict[str, Any], progress: Callable[[str], N
             d.read_bw_gbps = bw[d.threads].bytes_per_s / 1e9
             d.fraction_of_bw = d.weight_gbps / d.read_bw_gbps if d.read_bw_gbps > 0 else float("nan")
 
+    rep.layer_mix = layer_mix_rows(rep.gemm, cfg.threads, cfg.batches)
+    rep.scalar_speedup = scalar_speedups(rep.scalar)
     evaluate_targets(rep)
     return rep
 
@@ -747,7 +840,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tritlm.bench", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     k = sub.add_parser("kernels", help="matmul / decode figures against this machine's read bandwidth")
-    k.add_argument("--threads", type=_int_list, default=[1, 2], help="comma-separated thread counts (default 1,2)")
+    k.add_argument("--threads", type=_thread_list, default=[t for t in (1, 2) if t <= available_cpus()],
+                   help="comma-separated thread counts, at most the CPUs there are (default 1,2)")
     k.add_argument("--batches", type=_int_list, default=[1, 8, 128],
                    help="comma-separated batch sizes (default 1,8,128)")
     k.add_argument("--quick", action="store_true",
@@ -758,9 +852,48 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--sections", type=_section_list, default=list(SECTIONS),
                    help=f"comma-separated parts to run (default all: {','.join(SECTIONS)})")
     k.add_argument("--isa", type=_isa, default=None, help="kernel table to use instead of the dispatched one")
-    k.add_argument("--json", metavar="PATH", default=None, help="also write the figures as JSON to PATH")
+    k.add_argument("--json", metavar="PATH", default=None,
+                   help="also write the figures as JSON to PATH (replaced only when the run completes)")
+    add_output_option(k)
     k.add_argument("--verbose", "-v", action="store_true", help="progress lines on stderr")
     return p
+
+
+def add_output_option(p: argparse.ArgumentParser) -> None:
+    """``-o/--output {text,json}``, as llama-bench's ``-o``: json puts one JSON document with every
+    figure on stdout and nothing else there, for scripts that compare runs."""
+    p.add_argument("-o", "--output", choices=OUTPUT_FORMATS, default="text",
+                   help="what stdout gets: the tables (text, default) or one JSON document (json)")
+
+
+@contextlib.contextmanager
+def pending_file(path: str | None) -> Iterator[IO[str] | None]:
+    """A text file that replaces ``path`` only when the with-block ends without an error.
+
+    Why: the figures are written after minutes of measuring; a path that cannot be written must
+    fail before that (a temporary file is made beside it at once), and a run that is interrupted
+    or fails must not leave an empty file in place of a previous run's figures."""
+    if path is None:
+        yield None
+        return
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                                   prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from None  # name the user's path, not the temporary one
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # the mode a plain open() would have given, not mkstemp's 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -770,25 +903,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_kernels_command(ns: argparse.Namespace) -> int:
+    """Measure, then print the tables (or the JSON document with ``-o json``) and write --json."""
     cfg = Config.from_args(ns)
+    text = ns.output == "text"
 
     def progress(msg: str) -> None:
         if ns.verbose:
             print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
-    # Opened before measuring, so a path that cannot be written fails now, not after the run.
-    with open(ns.json, "w", encoding="utf-8") if ns.json else contextlib.nullcontext() as json_file:
+    with pending_file(ns.json) as json_file:
         system = system_header()
-        print(render_header(system, asdict(cfg)) + "\n", flush=True)
+        if text:
+            print(render_header(system, asdict(cfg)) + "\n", flush=True)
         t0 = time.perf_counter()
         rep = run_kernels(cfg, system, progress)
         rep.system["load_end"] = _load()
         rep.system["elapsed_s"] = round(time.perf_counter() - t0, 1)
-        print(render(rep), flush=True)
-        print(f"\nload avg at end: {rep.system['load_end']}; measured in {rep.system['elapsed_s']} s", flush=True)
+        if text:
+            print(render(rep), flush=True)
+            print(f"\nload avg at end: {rep.system['load_end']}; measured in {rep.system['elapsed_s']} s", flush=True)
+        else:
+            dump_json(rep.to_json(), sys.stdout)
         if json_file is not None:
-            json.dump(rep.to_json(), json_file, indent=2)
-            json_file.write("\n")
+            dump_json(rep.to_json(), json_file)
     return 0
 
 
