@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from .errors import ContextOverflowError, InvalidArgumentError, TritlmError
 
@@ -245,34 +242,28 @@ def _bytes(n: float) -> str:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
+    """pp / tg tokens/s beside the roofline (python/tritlm/bench.py measures; this checks the
+    options that argparse cannot: the CPUs there are, the context the runs need)."""
     from . import _core
+    from .bench import check_threads, context_needed, dump_json, run_model_bench
 
-    llm = _load(a, max(a.ctx or 0, a.prompt + a.gen + 1))
-    info = llm.info
-    threads = a.threads or _core.get_num_threads()
-    per_token = info["linear_bytes"] + info["head_bytes"]  # every linear and the head, each token
-    # Each line as soon as it is measured, as llama-bench prints its rows.
-    print(f"model: {info['path']}  threads: {threads}  weights read per token: {_bytes(per_token)}", flush=True)
-    bandwidth = _core.measure_read_bandwidth(1 << 30, threads, 5)
-    roofline = bandwidth / per_token
-    print(f"read bandwidth (same run): {bandwidth / 1e9:.1f} GB/s -> roofline {roofline:.1f} tokens/s", flush=True)
-    rng = np.random.default_rng(0)
-    vocab = llm.n_vocab
-    pp, tg = [], []
-    for _ in range(a.repeats):
-        # Fresh random prompts, so nothing comes from the prefix cache.
-        llm.eval_logits(rng.integers(0, vocab, a.prompt).tolist())  # warm the page cache
-        out = llm.generate(rng.integers(0, vocab, a.prompt).tolist(), max_tokens=a.gen + 1, temperature=0,
-                           ignore_eos=True)
-        pp.append(out.timings.prompt_tokens_per_s)
-        tg.append(out.timings.generation_tokens_per_s)
-
-    def fmt(xs: list[float]) -> str:
-        return f"{statistics.mean(xs):8.2f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:6.2f}"
-
-    print(f"pp{a.prompt:<5} {fmt(pp)} tokens/s")
-    if a.gen:  # -n 0 measures the prompt alone, as in llama-bench
-        print(f"tg{a.gen:<5} {fmt(tg)} tokens/s  ({100 * statistics.mean(tg) / roofline:.0f}% of roofline)")
+    threads = _core.get_num_threads() if a.threads is None else a.threads
+    try:
+        check_threads(threads)
+    except argparse.ArgumentTypeError as e:
+        raise InvalidArgumentError(f"argument -t/--threads: {e}", param="threads") from None
+    need = context_needed(a.prompt, a.gen)
+    if a.ctx is not None and a.ctx < need:
+        # A smaller context would cut tg short (or refuse pp) under a label that says otherwise.
+        raise InvalidArgumentError(f"argument -c/--ctx: {a.ctx} cannot hold -p {a.prompt} -n {a.gen} "
+                                   f"(needs at least {need})", param="ctx")
+    llm = _load(a, a.ctx or need)
+    text = a.output == "text"
+    # In text each line is printed as soon as it is measured, as llama-bench prints its rows.
+    res = run_model_bench(llm, threads=threads, prompt=a.prompt, gen=a.gen, repeats=a.repeats,
+                          show=(lambda line: print(line, flush=True)) if text else None)
+    if not text:
+        dump_json(res.to_json(), sys.stdout)
     return 0
 
 
@@ -312,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-p", "--prompt", type=count(1), default=128, help="prompt tokens (default 128)")
     b.add_argument("-n", "--gen", type=count(0), default=64, help="generated tokens, 0 for none (default 64)")
     b.add_argument("-r", "--repeats", type=count(1), default=3, help="runs of each (default 3)")
+    b.add_argument("-o", "--output", choices=["text", "json"], default="text",
+                   help="what stdout gets: a line per figure (text, default) or one JSON document (json)")
     b.set_defaults(fn=cmd_bench)
     v = sub.add_parser("convert", help="Hugging Face BitNet folder -> GGUF")
     v.add_argument("src", type=existing_path, help="Hugging Face BitNet folder")

@@ -42,7 +42,7 @@ from typing import IO, Any
 import numpy as np
 
 from . import _core, kernels
-from .__main__ import count, run_command
+from .__main__ import _bytes, count, run_command
 from .kernels import PackedWeights
 
 # --------------------------------------------------------------------------------------------
@@ -251,7 +251,8 @@ class Report:
         d = asdict(self)
         for row, b in zip(d["bandwidth"], self.bandwidth):
             row["bytes_per_s"] = b.bytes_per_s
-        return json_safe(d)
+        safe: dict[str, Any] = json_safe(d)
+        return safe
 
 
 def json_safe(value: Any) -> Any:
@@ -760,6 +761,134 @@ def render(rep: Report) -> str:
                [[t.name, t.threshold, t.value, t.status] for t in rep.targets], (False,) * 4)
     )
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+# A whole model: ``python -m tritlm bench`` (llama-bench's pp / tg)
+# --------------------------------------------------------------------------------------------
+
+
+def kv_bytes_per_position(config: dict[str, Any], kv_f16: bool = True) -> int:
+    """Bytes of one position's keys and values over all layers: what attention reads for each
+    position of the context at every generated token."""
+    return 2 * (2 if kv_f16 else 4) * int(config["n_layers"]) * int(config["n_kv_heads"]) * int(config["head_dim"])
+
+
+def kv_bytes_read_per_token(config: dict[str, Any], first_position: int, tokens: int, kv_f16: bool = True) -> int:
+    """KV cache bytes one generated token reads, on average over ``tokens`` decode steps at
+    positions ``first_position``, ``first_position + 1``, ...: the step at position p reads
+    positions 0..p, so first_position + (tokens + 1) / 2 of them on average. Part of a token's
+    bytes as the weights are: at 1-bit sizes and a few hundred positions it is several percent."""
+    return kv_bytes_per_position(config, kv_f16) * (2 * first_position + tokens + 1) // 2
+
+
+@dataclass
+class Rate:
+    """Tokens/s of one test over its repeats: each repeat's figure, their mean and sample
+    standard deviation (llama-bench's avg ± stdev; 0 for one repeat)."""
+
+    tokens: int
+    samples: list[float]
+    mean: float
+    stdev: float
+
+    @classmethod
+    def of(cls, tokens: int, samples: list[float]) -> Rate:
+        return cls(tokens, samples, statistics.mean(samples), statistics.stdev(samples) if len(samples) > 1 else 0.0)
+
+
+@dataclass
+class ModelBench:
+    """Figures of ``python -m tritlm bench``, each computed once: the text lines and the JSON
+    document are two views of these fields."""
+
+    model: str
+    threads: int
+    isa: str
+    repeats: int
+    weight_bytes_per_token: int  # every linear's packed weights + the head, read at every token
+    kv_bytes_per_token: int  # KV cache read per generated token, on average over the tg run
+    read_bandwidth_bps: float  # streaming reads on the same threads, measured in this run
+    roofline_tokens_per_s: float  # bandwidth / (weights + KV cache) bytes per generated token
+    pp: Rate | None = None  # prompt processing: a prompt of pp.tokens tokens in one pass
+    tg: Rate | None = None  # generation from an empty context, tg.tokens tokens one at a time
+    tg_roofline_fraction: float | None = None  # tg.mean / roofline
+
+    def to_json(self) -> dict[str, Any]:
+        safe: dict[str, Any] = json_safe(asdict(self))
+        return safe
+
+
+def model_line(r: ModelBench) -> str:
+    return (f"model: {r.model}  threads: {r.threads}  isa: {r.isa}  "
+            f"weights read per token: {_bytes(r.weight_bytes_per_token)}")
+
+
+def roofline_line(r: ModelBench) -> str:
+    return (f"read bandwidth (same run): {r.read_bandwidth_bps / 1e9:.1f} GB/s -> roofline "
+            f"{r.roofline_tokens_per_s:.1f} tokens/s (weights + {_bytes(r.kv_bytes_per_token)} of KV cache a token)")
+
+
+def rate_line(kind: str, rate: Rate, fraction: float | None = None) -> str:
+    share = "" if fraction is None else f"  ({100 * fraction:.0f}% of roofline)"
+    return f"{kind}{rate.tokens:<5} {rate.mean:8.2f} ± {rate.stdev:6.2f} tokens/s{share}"
+
+
+def render_model_bench(r: ModelBench) -> list[str]:
+    """Every line of the text output, in order (run_model_bench prints each as it is measured)."""
+    lines = [model_line(r), roofline_line(r)]
+    if r.pp is not None:
+        lines.append(rate_line("pp", r.pp))
+    if r.tg is not None:
+        lines.append(rate_line("tg", r.tg, r.tg_roofline_fraction))
+    return lines
+
+
+def context_needed(prompt: int, gen: int) -> int:
+    """Positions the runs need: the pp prompt and its one sampled token, or one token and gen+1
+    after it (the last sampled token is never evaluated, but the scheduler reserves it)."""
+    return max(prompt + 1, gen + 2 if gen else 0)
+
+
+def run_model_bench(llm: Any, *, threads: int, prompt: int, gen: int, repeats: int,
+                    show: Callable[[str], None] | None = None) -> ModelBench:
+    """Measure a loaded model as llama-bench does: ``pp`` a random prompt of ``prompt`` tokens in
+    one pass, ``tg`` ``gen`` tokens one at a time from an empty context (a one-token prompt, then
+    ``gen`` decode steps), each ``repeats`` times after one warm-up. Random tokens each time, so
+    the prefix cache serves nothing. ``show`` gets each text line as soon as it is known."""
+    info = llm.info
+    weights = info["linear_bytes"] + info["head_bytes"]
+    kv = kv_bytes_read_per_token(info["config"], 1, gen) if gen else 0
+    emit = show or (lambda line: None)
+    res = ModelBench(model=str(info["path"]), threads=threads, isa=_core.active_isa(), repeats=repeats,
+                     weight_bytes_per_token=weights, kv_bytes_per_token=kv, read_bandwidth_bps=0.0,
+                     roofline_tokens_per_s=0.0)
+    emit(model_line(res))
+    res.read_bandwidth_bps = float(_core.measure_read_bandwidth(1 << 30, threads, 5))
+    res.roofline_tokens_per_s = res.read_bandwidth_bps / (weights + kv)
+    emit(roofline_line(res))
+    rng = np.random.default_rng(0)
+    vocab = llm.n_vocab
+
+    def tokens(n: int) -> list[int]:
+        return [int(t) for t in rng.integers(0, vocab, n)]
+
+    llm.eval_logits(tokens(prompt))  # warm-up: the page cache, the thread pool
+    pp: list[float] = []
+    tg: list[float] = []
+    for _ in range(repeats):
+        pp.append(llm.generate(tokens(prompt), max_tokens=1, temperature=0,
+                               ignore_eos=True).timings.prompt_tokens_per_s)
+        if gen:  # -n 0 measures the prompt alone, as in llama-bench
+            tg.append(llm.generate(tokens(1), max_tokens=gen + 1, temperature=0,
+                                   ignore_eos=True).timings.generation_tokens_per_s)
+    res.pp = Rate.of(prompt, pp)
+    emit(rate_line("pp", res.pp))
+    if gen:
+        res.tg = Rate.of(gen, tg)
+        res.tg_roofline_fraction = res.tg.mean / res.roofline_tokens_per_s
+        emit(rate_line("tg", res.tg, res.tg_roofline_fraction))
+    return res
 
 
 # --------------------------------------------------------------------------------------------
