@@ -12,10 +12,12 @@ token (every linear's packed weights + the head) / read bandwidth measured in th
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from collections.abc import Sequence
 
 import numpy as np
-from engine_speed import add_arguments, measure  # benchmarks/engine_speed.py, next to this script
+from engine_speed import add_arguments, measure, run_script  # benchmarks/engine_speed.py, next to this script
 
 from tritlm import _core, kernels
 
@@ -97,12 +99,26 @@ def load_figures(model_weights: dict, threads: int, path: str) -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def main() -> None:
+def writable_file(text: str) -> str:
+    """An argparse type: a file path whose folder exists and can be written, checked before the
+    model is built (a minute) and measured, not when the file is written after that."""
+    folder = os.path.dirname(os.path.abspath(text))
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder")
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"no such folder: {folder!r}")
+    if not os.access(folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write in {folder!r}")
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(ap, threads=_core.get_num_threads())
     ap.add_argument("--head", choices=["f16", "q8"], default="f16")
-    ap.add_argument("--gguf", metavar="PATH", help="also write the model as an I2_S GGUF here and time loading it")
-    a = ap.parse_args()
+    ap.add_argument("--gguf", metavar="PATH", type=writable_file,
+                    help="also write the model as an I2_S GGUF here and time loading it")
+    a = ap.parse_args(argv)
     t0 = time.perf_counter()
     model, per_token, weights = build(a.threads, a.head)
     print(f"built 2B4T-shaped model in {time.perf_counter() - t0:.1f} s; "
@@ -113,7 +129,8 @@ def main() -> None:
     if a.gguf:
         del model
         load_figures({k: v for k, v in weights.items() if not k.startswith("output.q8")}, a.threads, a.gguf)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

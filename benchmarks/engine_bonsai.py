@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 
 import numpy as np
-from engine_speed import add_arguments, measure  # benchmarks/engine_speed.py, next to this script
+from engine_speed import add_arguments, measure, run_script  # benchmarks/engine_speed.py, next to this script
 
 from tritlm import _core, kernels
 
@@ -84,15 +85,34 @@ def build(name: str, threads: int, head: str) -> tuple[object, int]:
     return _core.Model(c, w), linear_bytes + head_bytes
 
 
-def main() -> None:
+def goals_line(name: str, prompt: int) -> str:
+    """The issue's goals beside llama.cpp's figures, which are pp128 and tg from an empty
+    context: a pp goal is only set against a pp128 run (pp32 against llama.cpp's pp128 is no
+    comparison)."""
+    tg, pp = LLAMA_CPP[name]
+    pp_goal = (f"pp128 >= {2 * pp:.1f} tokens/s (2x llama.cpp's {pp})" if prompt == 128
+               else f"pp goal set for pp128 only (llama.cpp's pp128: {pp} tokens/s)")
+    return (f"goals: generation >= 85% of the roofline; {pp_goal}; "
+            f"llama.cpp generates {tg} tokens/s from an empty context")
+
+
+def model_list(text: str) -> list[str]:
+    """Parse --models for argparse: every name is checked before the first model is built, so a
+    typo in the last one is not found after minutes of measuring the others."""
+    names = [n.strip() for n in text.split(",")]
+    bad = [n for n in names if n not in SHAPES]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown model {bad[0]!r}; choose from {', '.join(SHAPES)}")
+    return names
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="1.7b,8b", help=f"comma-separated, of {','.join(SHAPES)}")
+    ap.add_argument("--models", type=model_list, default="1.7b,8b", help=f"comma-separated, of {','.join(SHAPES)}")
     add_arguments(ap, threads=2)
     ap.add_argument("--head", choices=["f16", "q8", "binary"], default="q8")
-    a = ap.parse_args()
-    for name in a.models.split(","):
-        if name not in SHAPES:
-            ap.error(f"unknown model {name!r}; choose from {', '.join(SHAPES)}")
+    a = ap.parse_args(argv)
+    for name in a.models:
         t0 = time.perf_counter()
         model, per_token = build(name, a.threads, a.head)
         print(f"\nBonsai-{name.upper()} shape, {a.head} head: built in {time.perf_counter() - t0:.1f} s")
@@ -100,11 +120,10 @@ def main() -> None:
                       depth=a.depth, repeats=a.repeats)
         print("\n".join(fig.lines()))
         if name in LLAMA_CPP:
-            tg, pp = LLAMA_CPP[name]
-            print(f"goals: generation >= 85% of the roofline; pp{a.prompt} >= {2 * pp:.1f} tokens/s "
-                  f"(2x llama.cpp's {pp}); llama.cpp generates {tg} tokens/s from an empty context")
+            print(goals_line(name, a.prompt))
         del model
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tritlm import _core
+from tritlm.__main__ import count, run_command
+from tritlm.bench import kv_bytes_read_per_token, thread_count
 
 
 @dataclass
@@ -100,31 +103,23 @@ def stolen_seconds() -> float | None:
     return int(fields[8]) / os.sysconf("SC_CLK_TCK")
 
 
-def kv_bytes_per_position(config: dict) -> int:
-    """Bytes of one position's f16 keys and values over all layers: what attention reads per
-    position of the context."""
-    return 2 * 2 * config["n_layers"] * config["n_kv_heads"] * config["head_dim"]
-
-
-def at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer count of tokens, threads or repeats no smaller than ``minimum``,
-    so that a mistyped count is named at once rather than failing deep inside a run."""
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-    return parse
-
-
 def add_arguments(ap: argparse.ArgumentParser, threads: int) -> None:
-    """The options every engine benchmark takes: what ``measure`` runs, and how often."""
-    ap.add_argument("--threads", type=at_least(1), default=threads)
-    ap.add_argument("--prompt", type=at_least(1), default=128, help="prompt tokens evaluated in one call (pp)")
-    ap.add_argument("--gen", type=at_least(1), default=64, help="tokens generated one at a time (tg)")
-    ap.add_argument("--depth", type=at_least(0), default=0,
+    """The options every engine benchmark takes: what ``measure`` runs, and how often. Counts are
+    checked as they are parsed (``tritlm bench``'s own types: an integer, at least the minimum,
+    threads no more than the CPUs), so a mistyped one is named before minutes of model building."""
+    ap.add_argument("--threads", type=thread_count, default=threads, help=f"at most the CPUs there are (default {threads})")
+    ap.add_argument("--prompt", type=count(1), default=128, help="prompt tokens evaluated in one call (pp)")
+    ap.add_argument("--gen", type=count(1), default=64, help="tokens generated one at a time (tg)")
+    ap.add_argument("--depth", type=count(0), default=0,
                     help="positions already in the KV cache when generation starts")
-    ap.add_argument("--repeats", type=at_least(1), default=3)
+    ap.add_argument("--repeats", type=count(1), default=3)
+
+
+def run_script(main: Callable[[], object]) -> None:
+    """Run a benchmark script's main as ``python -m tritlm`` runs a command, then exit: Ctrl-C
+    ends it with status 130 and an error (out of memory, an unwritable path) with one line,
+    never a traceback."""
+    sys.exit(run_command(lambda: int(main() or 0)))
 
 
 def measure(model: object, config: dict, weight_bytes: int, *, threads: int, prompt: int = 128, gen: int = 64,
@@ -136,7 +131,7 @@ def measure(model: object, config: dict, weight_bytes: int, *, threads: int, pro
     rng = np.random.default_rng(seed)
     vocab_size = config["vocab_size"]
     # Position depth + p reads positions 0..depth + p: depth + (gen + 1) / 2 of them on average.
-    kv_read = kv_bytes_per_position(config) * (2 * depth + gen + 1) // 2
+    kv_read = kv_bytes_read_per_token(config, depth, gen)
     fig = EngineFigures(threads, prompt, gen, depth, weight_bytes + kv_read)
     for _ in range(repeats):
         before = _core.measure_read_bandwidth(1 << 30, threads, 3)
