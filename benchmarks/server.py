@@ -24,21 +24,35 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+from engine_speed import run_script  # benchmarks/engine_speed.py, next to this script
+from serve_load import wait_until_serving
+
+from tritlm.__main__ import count, existing_path
 
 
 def launch(model: str) -> tuple[subprocess.Popen[str], str]:
+    """Start the server and wait for its address. If it stops first, its last lines are the
+    reason (a corrupt model, say): they are shown, where they were read and dropped before."""
     proc = subprocess.Popen([sys.executable, "-m", "tritlm.serve", "--model", model, "--model-id", "m", "--port", "0",
                              "--max-waiting", "256"], stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
+    seen: list[str] = []
     for line in proc.stderr:
         if "listening on http://" in line:
             url = line.strip().rsplit(" ", 1)[1]
             break
+        seen.append(line.rstrip("\n"))
     else:
-        raise SystemExit("the server did not start")
+        proc.wait()
+        reason = next((x for x in reversed(seen) if x.strip()), f"exit status {proc.returncode}")
+        raise SystemExit(f"the server did not start: {reason}")
     threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # drain the access log
-    while httpx.get(f"{url}/health").status_code != 200:
-        time.sleep(0.05)
+    try:
+        wait_until_serving(url, proc)
+    except BaseException:
+        proc.terminate()
+        proc.wait(timeout=30)
+        raise
     return proc, url
 
 
@@ -77,12 +91,13 @@ def stream_once(url: str, body: dict[str, object]) -> tuple[float, float, int]:
     return first, time.perf_counter() - start, chunks
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="GGUF file or Hugging Face folder (default: the tests' tiny model)")
-    ap.add_argument("--tokens", type=int, default=512)
-    ap.add_argument("--clients", type=int, default=32)
-    a = ap.parse_args()
+    ap.add_argument("--model", type=existing_path,
+                    help="GGUF file or Hugging Face folder (default: the tests' tiny model)")
+    ap.add_argument("--tokens", type=count(1), default=512, help="tokens of the single stream (default 512)")
+    ap.add_argument("--clients", type=count(1), default=32, help="concurrent streams (default 32)")
+    a = ap.parse_args(argv)
     model = a.model
     if model is None:
         sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
@@ -133,7 +148,8 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -287,7 +287,7 @@ def _section_list(text: str) -> list[str]:
     return values
 
 
-def _int_list(text: str) -> list[int]:
+def int_list(text: str) -> list[int]:
     """Parse ``"1,2"`` for argparse; rejects empty or non-positive entries early. A repeated
     entry is measured once: twice would print two rows of one figure and, for thread counts,
     give one bandwidth probe to two decode series."""
@@ -330,7 +330,7 @@ def thread_count(text: str) -> int:
 
 def _thread_list(text: str) -> list[int]:
     """Parse ``--threads 1,2`` for argparse: positive, and no more than the CPUs there are."""
-    return [check_threads(t) for t in _int_list(text)]
+    return [check_threads(t) for t in int_list(text)]
 
 
 def _isa(name: str) -> str:
@@ -971,7 +971,7 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("kernels", help="matmul / decode figures against this machine's read bandwidth")
     k.add_argument("--threads", type=_thread_list, default=[t for t in (1, 2) if t <= available_cpus()],
                    help="comma-separated thread counts, at most the CPUs there are (default 1,2)")
-    k.add_argument("--batches", type=_int_list, default=[1, 8, 128],
+    k.add_argument("--batches", type=int_list, default=[1, 8, 128],
                    help="comma-separated batch sizes (default 1,8,128)")
     k.add_argument("--quick", action="store_true",
                    help="smoke-test run: 3-layer decode set, 256 MiB bandwidth buffer, few repeats")
