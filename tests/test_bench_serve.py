@@ -7,6 +7,8 @@ asserted; the scripts are otherwise run by hand for docs/benchmarks.md.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -81,7 +83,14 @@ def test_a_model_that_fails_to_load_is_reported_not_waited_for(tmp_path: Path) -
     polled for a 200 forever."""
     bad = tmp_path / "corrupt.gguf"
     bad.write_bytes(b"garbage, not a model")
-    r = subprocess.run([sys.executable, str(BENCHMARKS / "server.py"), "--model", str(bad)],
-                       capture_output=True, text=True, timeout=120, check=False)
-    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
-    assert r.stderr.strip().splitlines()[-1].startswith("the server could not load its model: m: ModelLoadError: ")
+    # A session of its own, so that a hang kills the server it started too, not only the script.
+    p = subprocess.Popen([sys.executable, str(BENCHMARKS / "server.py"), "--model", str(bad)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        pytest.fail("server.py still waited for the server two minutes after its model failed to load")
+    assert p.returncode == 1 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("the server could not load its model: m: ModelLoadError: ")
