@@ -148,6 +148,14 @@ def test_labels_say_which_isa_ran_and_why_a_target_was_not_measured() -> None:
     assert "GEMM, ternary (2-bit), dispatched ISA;" in bench.render(_report())
     forced = bench.render(_report(isa="avx2"))
     assert "GEMM, ternary (2-bit), ISA avx2 (--isa);" in forced and "dispatched" not in forced.split("\n")[0]
+    system = {"date": "d", "cpu_model": "c", "logical_cpus": 2, "machine": "m", "isa": "avx512-vnni",
+              "available_isas": ["scalar", "avx2", "avx512-vnni"], "features": [], "threads": 2, "python": "p",
+              "numpy": "n", "tritlm": "t", "load_start": "l"}
+    config = {"quick": True, "threads": [2], "batches": [1], "min_reps": 3, "min_time": 0.02}
+    assert "isa         : avx512-vnni dispatched (available: scalar, avx2, avx512-vnni)\n" in bench.render_header(
+        system, {**config, "isa": None})
+    assert "avx512-vnni dispatched (available: scalar, avx2, avx512-vnni); every table but the scalar row runs avx2 " \
+           "(--isa)" in bench.render_header(system, {**config, "isa": "avx2"})
     rep = _report()
     rep.decode = []
     rep.targets = []

@@ -674,7 +674,8 @@ def render_header(system: dict[str, Any], config: dict[str, Any]) -> str:
     out = ["tritlm kernel benchmark", "=" * 23]
     out.append(f"date        : {s['date']}")
     out.append(f"cpu         : {s['cpu_model']} ({s['logical_cpus']} logical CPUs, {s['machine']})")
-    out.append(f"isa         : {s['isa']} (available: {', '.join(s['available_isas'])})")
+    forced = f"; every table but the scalar row runs {c['isa']} (--isa)" if c["isa"] else ""
+    out.append(f"isa         : {s['isa']} dispatched (available: {', '.join(s['available_isas'])}){forced}")
     out.append(f"features    : {' '.join(s['features']) if s['features'] else '-'}")
     out.append(f"threads     : {s['threads']} (kernel default)")
     out.append(f"python      : {s['python']}, numpy {s['numpy']}, tritlm {s['tritlm']}")
