@@ -216,3 +216,22 @@ def test_a_failed_write_leaves_the_old_file(master, tmp_path, monkeypatch):
         convert(master, dst)
     assert dst.read_bytes() == b"the old file"
     assert os.listdir(tmp_path) == ["out.gguf"]
+
+
+def test_a_1_bit_head_is_written_back_as_q1_0(master, tmp_path):
+    """A packed output head (what load_gguf makes of a Q1_0 head, 1-bit) was read as a float
+    table (``a.dtype``: AttributeError, found by mypy): it is written as Q1_0, exactly."""
+    spec = load_hf(master)
+    n, k = spec.weights["token_embd"].shape
+    rng = np.random.default_rng(5)
+    signs = np.where(rng.random((n, k)) < 0.5, -1, 1).astype(np.int8)
+    d = rng.uniform(0.01, 0.05, size=(n, k // 128)).astype(np.float16).astype(np.float32)  # fp16-exact
+    spec.weights["output"] = tritlm.kernels.pack_binary(signs, d, group_size=128)
+    out = load_gguf(write_gguf(spec, tmp_path / "head.gguf", "tq2_0"))
+    head = out.weights["output"]
+    assert out.tensor_types["output"] == "Q1_0" and head.format == "binary"
+    assert np.array_equal(dense_from_linear(head), dense_from_linear(spec.weights["output"]))
+    # a float type asked for it still writes a float table
+    out = load_gguf(write_gguf(spec, tmp_path / "f16.gguf", "tq2_0", tensor_types={"output": "f16"}))
+    assert out.tensor_types["output"] == "F16"
+    assert np.array_equal(out.weights["output"].astype(np.float32), dense_from_linear(spec.weights["output"]))

@@ -280,6 +280,10 @@ def write_gguf(
         def emb(name: str) -> None:
             a = spec.weights[name]
             kind = tensor_types.get(name)
+            if not isinstance(a, np.ndarray):  # a packed head (a GGUF Q1_0 output) stays packed
+                default = "q1_0" if a.format == "binary" else type
+                _add_linear(w, name + ".weight", dense_from_linear(a), kind or default)
+                return
             if kind is None:
                 kind = "f16" if a.dtype == np.float16 else _exact_float_type(a)
             if kind == "q8_0":
