@@ -262,3 +262,6 @@ def test_hf_weight_multiplier_by_linear_class() -> None:
     assert kernels.hf_weight_multiplier(4.0) == np.float32(0.25)
     assert kernels.hf_weight_multiplier(4.0, "autobitlinear") == np.float32(4.0)
     assert kernels.hf_weight_multiplier(1e-38) == np.float32(1) / np.float32(1e-38)  # finite: kept
+    # an np.float32 as declared, for either class: autobitlinear's was a 0-d array (found by mypy)
+    for linear_class in ("bitlinear", "autobitlinear"):
+        assert type(kernels.hf_weight_multiplier(np.array([4.0]), linear_class)) is np.float32

@@ -152,12 +152,13 @@ def hf_weight_multiplier(weight_scale: float | npt.ArrayLike, linear_class: str 
         raise ValueError(f"linear_class must be 'bitlinear' or 'autobitlinear', got {linear_class!r}")
     if not (np.isfinite(scale) and scale > 0):
         raise ValueError(f"weight_scale is {float(scale):g}; it must be a positive finite number")
+    value = np.float32(scale)  # a scalar, not the 0-d array
     if linear_class == "autobitlinear":
-        return scale
+        return value
     with np.errstate(over="ignore"):
-        multiplier = np.float32(1) / scale
+        multiplier = np.float32(1) / value
     if not np.isfinite(multiplier):
-        raise ValueError(f"1 / weight_scale (weight_scale = {float(scale):g}) overflows float32; "
+        raise ValueError(f"1 / weight_scale (weight_scale = {float(value):g}) overflows float32; "
                          "a bitlinear layer divides by weight_scale")
     return multiplier
 
