@@ -615,3 +615,21 @@ def test_tokenizers_agree_across_routes(models):
     for text in ["Hello, world! 1234567", "The quick brown fox<|eot_id|> jumps", "  spaces\n\nnew lines"]:
         assert a.encode(text) == b.encode(text)
     assert (a.bos_id, a.add_bos, a.eos_ids) == (b.bos_id, b.add_bos, b.eos_ids)
+
+
+def test_a_closed_file_says_so(models):
+    """GGUFFile and SafetensorsFile read their memory map, which close() drops: a read after that
+    failed as an AssertionError (GGUF) or numpy's TypeError about None (safetensors). Found by mypy."""
+    from tritlm.loaders.gguf import read_gguf
+    from tritlm.loaders.hf import SafetensorsFile
+
+    f = read_gguf(models["tq2_0"])
+    t = f.tensors["token_embd.weight"]
+    f.close()
+    with pytest.raises(ValueError, match="the GGUF file is closed"):
+        f.raw(t)
+    s = SafetensorsFile(str(models["master"] / "model.safetensors"))
+    name = next(iter(s.tensors))
+    s.close()
+    with pytest.raises(ValueError, match="the safetensors file is closed"):
+        s.get(name)

@@ -191,10 +191,15 @@ class GGUFFile:
         if n < 0 or self._pos + n > self.size:
             raise _Corrupt(f"{what} at offset {self._pos} runs past the end of the file ({self.size} bytes)")
 
+    def _data(self) -> mmap.mmap:
+        if self._map is None:
+            raise ValueError(f"{self.path}: the GGUF file is closed")
+        return self._map
+
     def _scalar(self, fmt: str, what: str):
         n = struct.calcsize(fmt)
         self._need(n, what)
-        (v,) = struct.unpack_from(fmt, self._map, self._pos)
+        (v,) = struct.unpack_from(fmt, self._data(), self._pos)
         self._pos += n
         return v
 
@@ -203,7 +208,7 @@ class GGUFFile:
         if limit is not None and n > limit:
             raise _Corrupt(f"{what} at offset {self._pos - 8} is {n} bytes long (limit {limit})")
         self._need(n, what)
-        raw = self._map[self._pos:self._pos + n]
+        raw = self._data()[self._pos:self._pos + n]
         self._pos += n
         try:
             return raw.decode("utf-8")
@@ -226,7 +231,7 @@ class GGUFFile:
                 dt = np.dtype(_SCALAR[itype][1])
                 if count > left // dt.itemsize:
                     raise _Corrupt(f"{what}: array of {count} items runs past the end of the file")
-                arr = np.frombuffer(self._map, dtype=dt, count=count, offset=self._pos).copy()
+                arr = np.frombuffer(self._data(), dtype=dt, count=count, offset=self._pos).copy()
                 self._pos += count * dt.itemsize
                 return arr.astype(bool) if itype == _BOOL else arr
             if itype == _STRING:
@@ -243,7 +248,7 @@ class GGUFFile:
     # -- structure ------------------------------------------------------------------------------
 
     def _parse(self) -> None:
-        magic = self._map[0:4]
+        magic = self._data()[0:4]
         if magic != GGUF_MAGIC:
             raise _Corrupt(f"not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r})")
         self._pos = 4
@@ -318,8 +323,7 @@ class GGUFFile:
 
     def raw(self, t: GGUFTensor) -> np.ndarray:
         """The tensor's bytes as a uint8 view into the map (valid until close())."""
-        assert self._map is not None
-        return np.frombuffer(self._map, dtype=np.uint8, count=t.nbytes, offset=t.offset)
+        return np.frombuffer(self._data(), dtype=np.uint8, count=t.nbytes, offset=t.offset)
 
     def dense(self, t: GGUFTensor, *, keep_f16: bool = False, copy: bool = True) -> np.ndarray:
         """The tensor dequantized to a float32 array in numpy order; with keep_f16 an F16 tensor

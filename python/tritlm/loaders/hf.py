@@ -127,6 +127,8 @@ class SafetensorsFile:
         """(array, safetensors dtype). BF16 comes back as float32 (exact); others as stored."""
         dtype, shape, offset, nbytes = self.tensors[name]
         dt = np.dtype(_ST_DTYPES[dtype])
+        if self._map is None:
+            raise ValueError(f"{self.path}: the safetensors file is closed")
         raw = np.frombuffer(self._map, dtype=dt, count=nbytes // dt.itemsize, offset=offset)
         if dtype == "BF16":
             # numpy has no bfloat16. A bf16 value is the upper 16 bits of the float32 with the same
