@@ -109,7 +109,7 @@ def _sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ignore-eos", action="store_true", help="go on past the end-of-text token")
 
 
-def _sampling_kwargs(a: argparse.Namespace) -> dict[str, object]:
+def _sampling_kwargs(a: argparse.Namespace) -> dict[str, Any]:
     return dict(
         max_tokens=a.max_tokens,
         temperature=a.temperature,
@@ -164,7 +164,7 @@ def _read_turn(interactive: bool) -> str | None:
     return line.rstrip("\n")
 
 
-def _open_reply(llm: LLM, messages: list[dict[str, object]], kwargs: dict[str, object]) -> Stream:
+def _open_reply(llm: LLM, messages: list[dict[str, object]], kwargs: dict[str, Any]) -> Stream:
     """The reply's stream. A conversation that outgrows the context forgets its oldest exchanges
     (the system prompt stays), much as llama.cpp's chat shifts its context, rather than end."""
     first = 1 if messages[0]["role"] == "system" else 0

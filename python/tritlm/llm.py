@@ -12,9 +12,9 @@ from __future__ import annotations
 import numbers
 import os
 import warnings
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast, overload
 
 import anyio
 import anyio.to_thread
@@ -44,10 +44,11 @@ def _integer(name: str, value: object, low: int | None = None, high: int | None 
     would be truncated silently, a bool is a mistake), or outside low..high."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise InvalidArgumentError(f"{name} must be an integer, got {value!r}", param=param or name)
-    if (low is not None and value < low) or (high is not None and value > high):
+    v = int(value)
+    if (low is not None and v < low) or (high is not None and v > high):
         bounds = f"at least {low}" if high is None else f"between {low} and {high}"
         raise InvalidArgumentError(f"{name} must be {bounds}, got {value}", param=param or name)
-    return int(value)
+    return v
 
 
 def _real(name: str, value: object, low: float, high: float, *, above_low: bool = False, param: str = "") -> float:
@@ -79,7 +80,7 @@ MAX_LOGPROBS = 20
 class _Sampling:
     """A request's sampling settings once checked."""
 
-    sampler: Any  # _core.Sampler, seeded
+    sampler: _core.Sampler  # seeded
     max_tokens: int | None
     stops: list[str]
     logprobs: int | None
@@ -149,7 +150,8 @@ def _token_ids(prompt: object) -> list[int]:
             raise InvalidArgumentError(
                 f"prompt token ids must be a 1-D integer array, got {prompt.ndim}-D {prompt.dtype}", param="prompt"
             )
-        return prompt.tolist()
+        ids: list[int] = prompt.tolist()
+        return ids
     if isinstance(prompt, (bytes, bytearray, memoryview)):
         raise InvalidArgumentError("prompt is bytes: pass text (str) or token ids (a list of ints)", param="prompt")
     if not isinstance(prompt, Sequence):
@@ -231,18 +233,20 @@ class LLM:
         settings.check()
         self.spec = load_model(default_model_path() if path is None else os.fspath(path), use_mmap=use_mmap)
         n_ctx = self._context(n_ctx)
-        if head == "q8" and not isinstance(self.spec.weights.get("output"), kernels.PackedWeights):
-            table = self.spec.weights.pop("output", None)
-            q8, scale = kernels.quantize_rows_q8(table if table is not None else self.spec.weights["token_embd"])
+        table = self.spec.weights.get("output", self.spec.weights["token_embd"])  # the head: tied or not
+        if head == "q8" and isinstance(table, np.ndarray):  # a packed (1-bit) head stays as it is
+            self.spec.weights.pop("output", None)
+            q8, scale = kernels.quantize_rows_q8(table)
             self.spec.weights["output.q8"], self.spec.weights["output.q8_scale"] = q8, scale
         elif head == "f16":
             self._f16_head()
         self.tokenizer = Tokenizer(self.spec.tokenizer)
-        self._model = _core.Model(self.spec.config, self.spec.weights)
+        model = _core.Model(self.spec.config, self.spec.weights)
+        self._model: _core.Model | None = model  # None once closed
         self.n_ctx = n_ctx
         try:
             self._scheduler = Scheduler(
-                self._model, self.tokenizer,
+                model, self.tokenizer,
                 n_ctx=n_ctx, kv_f16=kv_f16, n_threads=n_threads, settings=settings,
             )
         except MemoryError as e:  # the caches are reserved up front (touched only as they fill)
@@ -353,7 +357,7 @@ class LLM:
         """Logits at every position of ``ids`` [n, vocab], from an empty cache (tests, perplexity)."""
         ids = self._prompt_ids(ids)
 
-        def run(session: Any) -> np.ndarray:
+        def run(session: _core.Session) -> np.ndarray:
             session.truncate(0)
             return session.eval(np.asarray(ids, dtype=np.int32), "all")
 
@@ -385,14 +389,14 @@ class LLM:
 
         return self._scheduler.call(run)
 
-    def embed(self, texts: str | Sequence[str]) -> np.ndarray:
+    def embed(self, texts: str | Sequence[Prompt]) -> np.ndarray:
         """Mean-pooled final hidden states, L2-normalized: [len(texts), dim] float32. An empty
         list gives [0, dim], as numpy does for an empty batch, so a caller embedding a list
         that may be empty (a filtered set of documents) needs no special case."""
         batch = [self._prompt_ids(t) for t in ([texts] if isinstance(texts, str) else list(texts))]
         dim = self.spec.config["dim"]
 
-        def run(session: Any) -> np.ndarray:
+        def run(session: _core.Session) -> np.ndarray:
             out = np.empty((len(batch), dim), np.float32)
             for row, ids in enumerate(batch):
                 session.truncate(0)
@@ -444,13 +448,20 @@ class LLM:
         )
         return req
 
-    def generate(self, prompt: Prompt | Sequence[Prompt], **kwargs: Any) -> Any:
+    @overload
+    def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> Completion: ...
+    @overload
+    def generate(self, prompt: Sequence[Prompt], **kwargs: Any) -> list[Completion]: ...
+    @overload
+    def generate(self, prompt: np.ndarray, **kwargs: Any) -> Completion | list[Completion]: ...
+
+    def generate(self, prompt: Prompt | Sequence[Prompt], **kwargs: Any) -> Completion | list[Completion]:
         """Generate to completion; the same keyword arguments as ``stream``. ``prompt`` may be a
         list of prompts (strings or token lists): they run together, batched, and a list of
         Completions comes back in the same order. However many there are: beyond what the
         queue holds (max_seqs + max_waiting), the rest are queued as earlier ones end."""
         if not _is_batch(prompt):
-            return _collect(self.stream(prompt, **kwargs))
+            return _collect(self.stream(cast(Prompt, prompt), **kwargs))
         reqs, streams = self._batch(prompt, kwargs)
         try:
             return self._run_batch(reqs, streams)
@@ -491,7 +502,7 @@ class LLM:
     def chat(self, messages: Sequence[Message], **kwargs: Any) -> Completion:
         return self.generate(self._chat_ids(messages), **kwargs)
 
-    def chat_stream(self, messages: Sequence[Message], **kwargs: Any) -> Iterator[Delta]:
+    def chat_stream(self, messages: Sequence[Message], **kwargs: Any) -> Stream:
         return self.stream(self._chat_ids(messages), **kwargs)
 
     # -- async twins: a worker thread waits for each delta; the event loop never blocks -------
@@ -506,7 +517,14 @@ class LLM:
         finally:
             stream.close()
 
-    async def agenerate(self, prompt: Prompt | Sequence[Prompt], **kwargs: Any) -> Any:
+    @overload
+    async def agenerate(self, prompt: str | Sequence[int], **kwargs: Any) -> Completion: ...
+    @overload
+    async def agenerate(self, prompt: Sequence[Prompt], **kwargs: Any) -> list[Completion]: ...
+    @overload
+    async def agenerate(self, prompt: np.ndarray, **kwargs: Any) -> Completion | list[Completion]: ...
+
+    async def agenerate(self, prompt: Prompt | Sequence[Prompt], **kwargs: Any) -> Completion | list[Completion]:
         """``generate``'s twin, a list of prompts included."""
         if _is_batch(prompt):
             reqs, streams = await anyio.to_thread.run_sync(lambda: self._batch(prompt, kwargs))
@@ -518,7 +536,7 @@ class LLM:
                 for s in streams:
                     s.close()
         completion = None
-        async for delta in self.astream(prompt, **kwargs):
+        async for delta in self.astream(cast(Prompt, prompt), **kwargs):
             completion = delta.completion or completion
         assert completion is not None
         return completion
@@ -536,7 +554,7 @@ class LLM:
         """Stop the engine (requests still running end with EngineClosedError) and free the KV
         caches and the weights now rather than at garbage collection."""
         self._scheduler.close()
-        self._model = None  # type: ignore[assignment]
+        self._model = None
         self.spec.weights.clear()
 
     def __del__(self) -> None:

@@ -4,6 +4,9 @@ nothing here knows about HTTP."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length"]
 
 
 @dataclass
@@ -38,7 +41,7 @@ class Timings:
 class Completion:
     text: str
     token_ids: list[int]
-    finish_reason: str  # "stop" or "length"
+    finish_reason: FinishReason
     usage: Usage
     timings: Timings
     logprobs: list[TokenLogprob] | None = None
@@ -52,5 +55,5 @@ class Delta:
     text: str
     token_ids: list[int]
     logprobs: list[TokenLogprob] | None = None
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
     completion: Completion | None = None

@@ -31,7 +31,7 @@ import numpy as np
 
 from . import _core
 from .errors import ContextOverflowError, EngineClosedError, GenerationError, QueueFullError
-from .results import Completion, Delta, Timings, TokenLogprob, Usage
+from .results import Completion, Delta, FinishReason, Timings, TokenLogprob, Usage
 from .stop import StopMatcher
 from .tokenizer import IncrementalDecoder, Tokenizer
 
@@ -104,7 +104,7 @@ class Request:
     the channel its reader takes Deltas from."""
 
     ids: list[int]
-    sampler: Any  # _core.Sampler, seeded per request
+    sampler: _core.Sampler  # seeded per request
     max_new: int
     stops: list[str]
     logprobs: int | None
@@ -133,7 +133,7 @@ class Request:
 
 @dataclass(eq=False)
 class Slot:
-    session: Any  # _core.Session
+    session: _core.Session
     tokens: list[int] = field(default_factory=list)  # what its KV cache holds, position by position
     busy: bool = False
     last_used: float = 0.0
@@ -164,7 +164,7 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 class Scheduler:
     def __init__(
         self,
-        model: Any,
+        model: _core.Model,
         tokenizer: Tokenizer,
         *,
         n_ctx: int,
@@ -184,7 +184,7 @@ class Scheduler:
         self.n_vocab = min(model.vocab_size, tokenizer.vocab_size)
         self._slots = [Slot(_core.Session(model, n_ctx, kv_f16, n_threads)) for _ in range(settings.max_seqs)]
         self._kv_f16 = kv_f16
-        self._aux: Any = None  # a session for whole-text evaluations (perplexity, embeddings)
+        self._aux: _core.Session | None = None  # a session for whole-text evaluations (perplexity, embeddings)
         # Reentrant: a finalizer run by a garbage collection (Stream.__del__ cancels, LLM.__del__
         # closes) may take it on a thread that already holds it, e.g. the engine thread mid-loop.
         lock = threading.RLock()
@@ -269,7 +269,7 @@ class Scheduler:
         with self._cv:
             self._cv.notify()
 
-    def call(self, fn: Callable[[Any], T]) -> T:
+    def call(self, fn: Callable[[_core.Session], T]) -> T:
         """Run fn(aux_session) on the engine thread between steps, for whole-text evaluations
         that need a cache of their own; returns its result or raises its exception."""
         box: list[Any] = []
@@ -282,7 +282,8 @@ class Scheduler:
         done.wait()
         if isinstance(box[0], BaseException):
             raise box[0]
-        return box[0]
+        result: T = box[0]
+        return result
 
     def stats(self) -> dict[str, int]:
         """Requests running and waiting, KV cache positions in use (by running requests) and
@@ -318,7 +319,7 @@ class Scheduler:
         """Seconds a client should wait: roughly one queue's worth of short requests."""
         return max(1, len(self._waiting) // max(1, self.settings.max_seqs))
 
-    def _aux_session(self) -> Any:
+    def _aux_session(self) -> _core.Session:
         if self._aux is None:
             self._aux = _core.Session(self._model, self.n_ctx, self._kv_f16, self._n_threads)
         return self._aux
@@ -385,7 +386,7 @@ class Scheduler:
 
     def _admit(self) -> list[Request]:
         """Move waiting requests into free slots while the KV budget allows (FIFO)."""
-        admitted = []
+        admitted: list[Request] = []
         budget = self.settings.kv_budget_tokens
         reserved = sum(r.reservation for r in self._running)
         while self._waiting and self._free_slots() > len(admitted):
@@ -488,7 +489,10 @@ class Scheduler:
         return evaluated
 
     def _eval(self, plan: list[tuple[Request, list[int]]]) -> list[np.ndarray]:
-        sessions = [r.slot.session for r, _ in plan]  # type: ignore[union-attr] - planned requests hold slots
+        sessions = []
+        for r, _ in plan:
+            assert r.slot is not None  # planned requests hold slots
+            sessions.append(r.slot.session)
         return _core.eval_batch(sessions, [np.asarray(t, np.int32) for _, t in plan], self._n_threads)
 
     def _advance(self, req: Request, logits: np.ndarray) -> None:
@@ -516,7 +520,7 @@ class Scheduler:
         else:
             req.pending = token
 
-    def _finish(self, req: Request, reason: str, flushed: bool = False) -> None:
+    def _finish(self, req: Request, reason: FinishReason, flushed: bool = False) -> None:
         assert req.decoder is not None and req.matcher is not None
         if not flushed:  # release bytes and text held back for UTF-8 and stop strings
             tail, hit = req.matcher.push(req.decoder.flush())

@@ -190,7 +190,7 @@ class Tokenizer:
         self._pieces = pieces
         self._added = {i: t.content for i, t in added.items()}
         self.special_ids = frozenset(i for i, t in added.items() if t.special)
-        self._byte_ids = frozenset()
+        self._byte_ids: frozenset[int] = frozenset()
         if "ByteFallback" in kinds:
             self._byte_ids = frozenset(
                 i for i, p in enumerate(pieces) if p and _BYTE_PIECE.fullmatch(p) and i not in added
@@ -206,8 +206,9 @@ class Tokenizer:
         self._default_eos = suffix[0] if suffix else None
         self._default_add_eos = len(suffix) == 1
 
-    def _init_gguf_common(self, source: TokenizerSource) -> list[int]:
-        """Checks shared by both GGUF vocabularies; returns the token types (NORMAL where absent)."""
+    def _init_gguf_common(self, source: TokenizerSource) -> tuple[list[int], list[str]]:
+        """Checks shared by both GGUF vocabularies; returns the token types (NORMAL where absent)
+        and the tokens (every id has one, unlike a tokenizer.json vocabulary's)."""
         tokens = source.tokens or []
         if not tokens:
             raise ModelLoadError("tokenizer has an empty vocabulary")
@@ -230,7 +231,7 @@ class Tokenizer:
         self._default_bos = None
         self._default_eos = None
         self._default_add_eos = False
-        return types
+        return types, tokens
 
     def _add_gguf_added_tokens(self, types: list[int]) -> None:
         # normalized=False: matched in the raw text, before SentencePiece's space rewriting.
@@ -243,7 +244,7 @@ class Tokenizer:
         ])
 
     def _init_gpt2(self, source: TokenizerSource) -> None:
-        types = self._init_gguf_common(source)
+        types, pieces = self._init_gguf_common(source)
         pre = source.pre
         if pre is None and "<|begin_of_text|>" in self._pieces:
             # Some converters (BitNet b1.58 2B4T's among them) wrote Llama-3 vocabularies without
@@ -264,7 +265,7 @@ class Tokenizer:
                 f"tokenizer pre-tokenizer {pre!r} is not supported (supported: {', '.join(supported)})"
             )
         vocab: dict[str, int] = {}
-        for i, t in enumerate(self._pieces):
+        for i, t in enumerate(pieces):
             vocab.setdefault(t, i)
         merges = []
         for m in source.merges or []:
@@ -289,7 +290,7 @@ class Tokenizer:
         self._default_add_bos = pre in _LLAMA3_PRES
 
     def _init_llama(self, source: TokenizerSource) -> None:
-        types = self._init_gguf_common(source)
+        types, pieces = self._init_gguf_common(source)
         scores = source.scores
         if scores is None or len(scores) != len(self._pieces):
             raise ModelLoadError(
@@ -297,14 +298,14 @@ class Tokenizer:
                 f"got {None if scores is None else len(scores)}"
             )
         vocab: dict[str, int] = {}
-        for i, t in enumerate(self._pieces):
+        for i, t in enumerate(pieces):
             vocab.setdefault(t, i)
         normal = {t: i for t, i in vocab.items() if types[i] == TYPE_NORMAL}
         unk = source.unk_id if source.unk_id is not None else next(
             (i for i, t in enumerate(types) if t == TYPE_UNKNOWN), None)
         model = models.BPE(
             vocab, _merges_from_scores(normal, scores),
-            unk_token=self._pieces[unk] if unk is not None else None, fuse_unk=True, byte_fallback=True,
+            unk_token=pieces[unk] if unk is not None else None, fuse_unk=True, byte_fallback=True,
         )
         self._tk = _HFTokenizer(model)
         # SentencePiece writes spaces as "▁" and (add_dummy_prefix) starts every text with one; like
@@ -317,7 +318,7 @@ class Tokenizer:
         self._byte_level = False
         self._strip_leading_space = source.add_space_prefix
         self._byte_ids = frozenset(
-            i for i, t in enumerate(types) if t == TYPE_BYTE and _BYTE_PIECE.fullmatch(self._pieces[i])
+            i for i, t in enumerate(types) if t == TYPE_BYTE and _BYTE_PIECE.fullmatch(pieces[i])
         )
         self._default_add_bos = True
 
@@ -372,9 +373,9 @@ class Tokenizer:
                 ) from None
         ids = self._tk.encode_batch([text], add_special_tokens=False)[0].ids
         if add_special:
-            if self.add_bos and ids[:1] != [self.bos_id]:
+            if self.add_bos and self.bos_id is not None and ids[:1] != [self.bos_id]:
                 ids.insert(0, self.bos_id)
-            if self.add_eos and ids[-1:] != [self.eos_id]:
+            if self.add_eos and self.eos_id is not None and ids[-1:] != [self.eos_id]:
                 ids.append(self.eos_id)
         return ids
 

@@ -32,6 +32,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,13 +40,16 @@ from ..errors import InvalidArgumentError, ModelLoadError
 from .gguf import GGML_TYPE_I2_S
 from .spec import LINEAR_NAMES, ModelSpec, dense_from_linear, validate_spec
 
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from gguf import GGMLQuantizationType, GGUFWriter
+
 __all__ = ["convert", "write_gguf"]
 
 _TYPES = ("tq2_0", "tq1_0", "i2_s")
 _OVERRIDES = ("tq2_0", "tq1_0", "i2_s", "q1_0", "q8_0", "f16", "bf16", "f32")
 
 
-def _gguf_arch(config: dict) -> str:
+def _gguf_arch(config: dict[str, Any]) -> str:
     if config["arch"] not in ("bitnet-b1.58", "bitnet", "llama"):
         # A Qwen3 model has per-head q/k norms that no architecture written here holds: as llama
         # it would load back without them, a different model.
@@ -60,7 +64,8 @@ def _gguf_arch(config: dict) -> str:
 def _permute(n: int, n_head: int) -> np.ndarray:
     """llama.cpp's LlamaModel.permute as a row index: rows (h, j, i) -> (h, i, j)."""
     hd = n // n_head
-    return np.arange(n).reshape(n_head, 2, hd // 2).swapaxes(1, 2).reshape(-1)
+    order: np.ndarray = np.arange(n).reshape(n_head, 2, hd // 2).swapaxes(1, 2).reshape(-1)
+    return order
 
 
 def _exact_float_type(w: np.ndarray) -> str:
@@ -97,7 +102,7 @@ def _encode_q1_0(w: np.ndarray) -> np.ndarray:
     return out.reshape(n, k // 128 * 18)
 
 
-def _single_scale_ternary(w: np.ndarray):
+def _single_scale_ternary(w: np.ndarray) -> tuple[np.ndarray, float] | None:
     """(codes int8, s) if every value of w is 0 or +-s, else None."""
     a = np.abs(w)
     s = a.max() if a.size else 0.0
@@ -133,13 +138,13 @@ def _replaced_at_end(out_path: str) -> Iterator[str]:
         raise
 
 
-def _add_quantized(writer, name: str, w: np.ndarray, qtype) -> None:
+def _add_quantized(writer: GGUFWriter, name: str, w: np.ndarray, qtype: GGMLQuantizationType) -> None:
     from gguf import quants
 
     writer.add_tensor(name, quants.quantize(w, qtype), raw_dtype=qtype)
 
 
-def _add_float(writer, name: str, w: np.ndarray, kind: str) -> str:
+def _add_float(writer: GGUFWriter, name: str, w: np.ndarray, kind: str) -> str:
     from gguf import GGMLQuantizationType as T
 
     w = np.ascontiguousarray(w, dtype=np.float32)
@@ -153,7 +158,7 @@ def _add_float(writer, name: str, w: np.ndarray, kind: str) -> str:
     return "F32"
 
 
-def _add_linear(writer, name: str, w: np.ndarray, kind: str) -> str:
+def _add_linear(writer: GGUFWriter, name: str, w: np.ndarray, kind: str) -> str:
     """Write one linear (dense f32 [n, k]) as ``kind``, falling back to an exact float type."""
     from gguf import GGMLQuantizationType as T
     from gguf import quants
@@ -173,7 +178,7 @@ def _add_linear(writer, name: str, w: np.ndarray, kind: str) -> str:
             # it takes the shape given instead. So the bytes go in as int8 with the element shape
             # [n, k] and the type number, which writes exactly the tensor info bitnet.cpp reads.
             data = _encode_i2_s(*t).view(np.int8)
-            writer.add_tensor(name, data, raw_shape=(n, k), raw_dtype=GGML_TYPE_I2_S)
+            writer.add_tensor(name, data, raw_shape=(n, k), raw_dtype=GGML_TYPE_I2_S)  # type: ignore[arg-type]  # 36: not in the enum, written as given
             return "I2_S"
     elif kind == "q1_0" and k % 128 == 0:
         writer.add_tensor(name, _encode_q1_0(w), raw_dtype=T.Q1_0)
@@ -186,17 +191,17 @@ def _add_linear(writer, name: str, w: np.ndarray, kind: str) -> str:
     return _add_float(writer, name, w, _exact_float_type(w))
 
 
-def _tokenizer_meta(spec: ModelSpec) -> dict:
+def _tokenizer_meta(spec: ModelSpec) -> dict[str, Any]:
     """tokenizer.ggml.* values from the spec's tokenizer source."""
     from .hf import hf_vocab
 
     src = spec.tokenizer
     vocab = spec.config["vocab_size"]
-    if getattr(src, "tokenizer_json", None):
+    if src.tokenizer_json:
         v = hf_vocab(json.loads(src.tokenizer_json), vocab)
         return {"model": "gpt2", "pre": v["pre"], "tokens": v["tokens"], "token_types": v["token_types"],
                 "merges": v["merges"], "scores": None}
-    if getattr(src, "tokens", None):
+    if src.tokens:
         return {"model": src.model or "gpt2", "pre": src.pre, "tokens": list(src.tokens),
                 "token_types": src.token_types, "merges": src.merges, "scores": src.scores}
     raise ValueError("the model has no tokenizer to write")
@@ -296,13 +301,15 @@ def write_gguf(
             p = f"blk.{i}."
             for short in ("attn_norm", "attn_sub_norm", "ffn_norm", "ffn_sub_norm"):
                 if p + short in spec.weights:
-                    _add_float(w, p + short + ".weight", spec.weights[p + short], tensor_types.get(p + short, "f32"))
+                    norm = dense_from_linear(spec.weights[p + short])  # a float vector: validate_spec
+                    _add_float(w, p + short + ".weight", norm, tensor_types.get(p + short, "f32"))
             for short in LINEAR_NAMES:
                 dense = dense_from_linear(spec.weights[p + short])
                 if arch == "llama" and short in ("attn_q", "attn_k"):
                     dense = dense[_permute(dense.shape[0], cfg["n_heads"] if short == "attn_q" else cfg["n_kv_heads"])]
                 _add_linear(w, p + short + ".weight", dense, tensor_types.get(p + short, type))
-        _add_float(w, "output_norm.weight", spec.weights["output_norm"], tensor_types.get("output_norm", "f32"))
+        _add_float(w, "output_norm.weight", dense_from_linear(spec.weights["output_norm"]),
+                   tensor_types.get("output_norm", "f32"))
         if "output" in spec.weights:
             emb("output")
 

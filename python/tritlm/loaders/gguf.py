@@ -33,7 +33,7 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
@@ -42,6 +42,7 @@ from .spec import (
     LINEAR_NAMES,
     MAX_DIM,
     ModelSpec,
+    Weight,
     check_config,
     expected_shapes,
     linear_from_dense,
@@ -50,6 +51,9 @@ from .spec import (
     scale_linear,
     validate_spec,
 )
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from ..tokenizer import TokenizerSource
 
 __all__ = ["GGUFFile", "GGUFTensor", "load_gguf", "read_gguf", "GGML_TYPE_I2_S"]
 
@@ -196,7 +200,7 @@ class GGUFFile:
             raise ValueError(f"{self.path}: the GGUF file is closed")
         return self._map
 
-    def _scalar(self, fmt: str, what: str):
+    def _scalar(self, fmt: str, what: str) -> Any:
         n = struct.calcsize(fmt)
         self._need(n, what)
         (v,) = struct.unpack_from(fmt, self._data(), self._pos)
@@ -215,7 +219,7 @@ class GGUFFile:
         except UnicodeDecodeError:
             raise _Corrupt(f"{what} at offset {self._pos - n} is not valid UTF-8") from None
 
-    def _value(self, vtype: int, what: str, depth: int = 0):
+    def _value(self, vtype: int, what: str, depth: int = 0) -> Any:
         if vtype in _SCALAR:
             v = self._scalar(_SCALAR[vtype][0], what)
             return bool(v) if vtype == _BOOL else v
@@ -375,7 +379,7 @@ class GGUFFile:
     def __enter__(self) -> "GGUFFile":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -407,7 +411,8 @@ def _unpermute_index(n: int, n_head: int) -> np.ndarray:
     if n % n_head or (n // n_head) % 2:
         raise _Corrupt(f"cannot undo the RoPE permutation of {n} rows over {n_head} heads")
     hd = n // n_head
-    return np.arange(n).reshape(n_head, hd // 2, 2).swapaxes(1, 2).reshape(-1)
+    order: np.ndarray = np.arange(n).reshape(n_head, hd // 2, 2).swapaxes(1, 2).reshape(-1)
+    return order
 
 
 class _Loader:
@@ -417,7 +422,7 @@ class _Loader:
         self.use_mmap = use_mmap
 
     # metadata helpers
-    def _get(self, key: str, kinds: tuple, default=None, required: bool = False):
+    def _get(self, key: str, kinds: tuple[type, ...], default: Any = None, required: bool = False) -> Any:
         if key not in self.f.fields:
             if required:
                 raise _Corrupt(f"missing metadata {key}")
@@ -438,11 +443,23 @@ class _Loader:
             raise _Corrupt(f"{key} has an unexpected type ({type(v).__name__})")
         return v
 
-    def _int(self, key: str, default=None, required: bool = False) -> int | None:
-        v = self._get(key, (int,), default, required)
+    @overload
+    def _int(self, key: str, default: int) -> int: ...
+    @overload
+    def _int(self, key: str, *, required: Literal[True]) -> int: ...
+    @overload
+    def _int(self, key: str, default: int | None = None, required: bool = False) -> int | None: ...
+
+    def _int(self, key: str, default: int | None = None, required: bool = False) -> int | None:
+        v: int | None = self._get(key, (int,), default, required)
         if v is not None and not 0 < v <= (1 << 31):
             raise _Corrupt(f"{key} = {v} is out of range")
         return v
+
+    @overload
+    def tensor(self, name: str, required: Literal[True] = True) -> GGUFTensor: ...
+    @overload
+    def tensor(self, name: str, required: bool) -> GGUFTensor | None: ...
 
     def tensor(self, name: str, required: bool = True) -> GGUFTensor | None:
         t = self.f.tensors.get(name + ".weight")
@@ -523,7 +540,7 @@ class _Loader:
         out_t = self.tensor("output", required=False)
         if out_t is not None:
             shapes["output"] = shapes["token_embd"]
-        weights: dict[str, object] = {}
+        weights: dict[str, Weight] = {}
         types: dict[str, str] = {}
         # check every shape before decoding anything
         tinfo = {}
@@ -568,7 +585,7 @@ class _Loader:
         validate_spec(spec)
         return spec
 
-    def split_qkv(self, layer: int, shapes: dict) -> dict[str, GGUFTensor]:
+    def split_qkv(self, layer: int, shapes: dict[str, tuple[int, ...]]) -> dict[str, GGUFTensor]:
         """attn_q / attn_k / attn_v of a file that stores them fused as attn_qkv (llama.cpp loads
         either): the fused rows are q's, then k's, then v's, so each part is a run of whole rows
         of the same type, viewed in place."""
@@ -613,7 +630,7 @@ class _Loader:
             raise _Corrupt(f"tensor {name}.weight (Q1_0): block {int(bad[0])} has a non-finite scale")
         return data
 
-    def linear(self, name: str, t: GGUFTensor, heads: int | None):
+    def linear(self, name: str, t: GGUFTensor, heads: int | None) -> Weight:
         from .. import kernels
 
         n, k = t.shape
@@ -645,7 +662,7 @@ class _Loader:
             w = w[idx]
         return linear_from_dense(w)
 
-    def tokenizer(self, vocab: int):
+    def tokenizer(self, vocab: int) -> tuple[TokenizerSource, str | None, int | None, list[int], bool]:
         g = lambda key, kinds, default=None: self._get(key, kinds, default)  # noqa: E731
         model = g("tokenizer.ggml.model", (str,))
         tokens = g("tokenizer.ggml.tokens", (list,))
@@ -670,7 +687,7 @@ class _Loader:
             raise _Corrupt("tokenizer.ggml.token_type is not an array of integers")
 
         def tid(key: str) -> int | None:
-            v = g(f"tokenizer.ggml.{key}", (int,))
+            v: int | None = g(f"tokenizer.ggml.{key}", (int,))
             if v is not None and not 0 <= v < n_tok:
                 raise _Corrupt(f"tokenizer.ggml.{key} = {v} is not a token id (the vocabulary has {n_tok})")
             return v

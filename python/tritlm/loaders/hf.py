@@ -22,7 +22,7 @@ import json
 import mmap
 import os
 import re
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from ..errors import ModelLoadError
 from .spec import (
     LINEAR_NAMES,
     ModelSpec,
+    Weight,
     check_config,
     expected_shapes,
     linear_from_dense,
@@ -78,8 +79,8 @@ class SafetensorsFile:
 
     def __init__(self, path: str):
         self.path = path
-        self._file = None
-        self._map = None
+        self._file: BinaryIO | None = None
+        self._map: mmap.mmap | None = None
         self._file = open(path, "rb")
         try:
             size = os.fstat(self._file.fileno()).st_size
@@ -226,8 +227,9 @@ def _to_dtype_f32(x: np.float32, dtype: str) -> np.float32:
     """Round an f32 value to the checkpoint's dtype (as ``tensor.to(dtype)``), back as f32."""
     if dtype == "BF16":
         b = np.array([x], dtype=np.float32).view(np.uint32)
-        b = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000  # round to nearest even
-        return b.view(np.float32)[0]
+        rounded = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000  # round to nearest even
+        out: np.float32 = rounded.view(np.float32)[0]
+        return out
     if dtype == "F16":
         return np.float32(np.float16(x))
     return np.float32(x)
@@ -296,7 +298,7 @@ class _HF:
                 self.where[name] = f
 
         shapes = expected_shapes(config)
-        weights: dict[str, object] = {}
+        weights: dict[str, Weight] = {}
         types: dict[str, str] = {}
         emb_name = "model.embed_tokens.weight"
         weights["token_embd"], types["token_embd"] = self.embedding(emb_name, shapes["token_embd"])
@@ -437,7 +439,7 @@ class _HF:
         if tuple(arr.shape) != tuple(shape):
             raise _Bad(self.where[name].path, f"tensor {name} has shape {list(arr.shape)}, expected {list(shape)}")
 
-    def embedding(self, name: str, shape) -> tuple[np.ndarray, str]:
+    def embedding(self, name: str, shape: tuple[int, ...]) -> tuple[np.ndarray, str]:
         if not self.has(name):
             raise _Bad(self.folder, f"missing tensor {name}")
         if self.shape(name) != tuple(shape):
@@ -447,14 +449,14 @@ class _HF:
             arr = arr.astype(np.float32, copy=False)
         return arr, dt.lower()
 
-    def norm(self, name: str, shape) -> tuple[np.ndarray, str]:
+    def norm(self, name: str, shape: tuple[int, ...]) -> tuple[np.ndarray, str]:
         if not self.has(name):
             raise _Bad(self.folder, f"missing tensor {name}")
         arr, dt = self._float(name)
         self._check(name, arr, shape)
         return arr.astype(np.float32, copy=False), dt.lower()
 
-    def linear(self, module: str, shape: tuple[int, int], quant: dict | None):
+    def linear(self, module: str, shape: tuple[int, ...], quant: dict[str, Any] | None) -> tuple[Weight, str]:
         from .. import kernels
 
         n, k = shape
@@ -464,7 +466,7 @@ class _HF:
         path = self.where[wname].path
         dt = self.dtype(wname)
         converted = quant is not None and _should_convert(module, quant["skip"])
-        if not converted:  # a plain nn.Linear (or a bitnet model without quantization_config)
+        if quant is None or not converted:  # a plain nn.Linear (or a bitnet model without quantization_config)
             w, _ = self._float(wname)
             self._check(wname, w, shape)
             if quant is not None:
@@ -541,7 +543,7 @@ def hf_vocab(tj: dict, vocab_size: int | None = None) -> dict:
     merges ("a b") and the llama.cpp pre-tokenizer name of a byte-level BPE tokenizer.json."""
     model = _bpe_model(tj)
     added = [a for a in tj.get("added_tokens") or [] if isinstance(a, dict)]
-    ids = [i for i in model["vocab"].values() if isinstance(i, int)] + [a.get("id") for a in added if isinstance(a.get("id"), int)]
+    ids = [i for i in model["vocab"].values() if isinstance(i, int)] + [a["id"] for a in added if isinstance(a.get("id"), int)]
     n = max(ids, default=-1) + 1
     if vocab_size is not None:
         if n > vocab_size:
@@ -638,9 +640,10 @@ def read_tokenizer_files(folder: str, cfg: dict, vocab_size: int) -> dict:
     if not isinstance(tc, dict) or not isinstance(gc, dict):
         raise _Bad(folder, "tokenizer_config.json / generation_config.json is not a JSON object")
 
-    def check_id(v: Any, where: str, optional: bool = True) -> int | None:
-        if v is None and optional:
-            return None
+    def check_id(v: Any, where: str) -> int | None:
+        return None if v is None else required_id(v, where)
+
+    def required_id(v: Any, where: str) -> int:
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < vocab_size:
             raise _Bad(where, f"token id {v!r} is not in the vocabulary ({vocab_size})")
         return v
@@ -666,7 +669,7 @@ def read_tokenizer_files(folder: str, cfg: dict, vocab_size: int) -> dict:
 
     def id_list(v: Any, where: str) -> list[int]:
         if isinstance(v, list):
-            return [check_id(x, where, optional=False) for x in v]  # type: ignore[misc]
+            return [required_id(x, where) for x in v]
         x = check_id(v, where)
         return [] if x is None else [x]
 
@@ -676,9 +679,9 @@ def read_tokenizer_files(folder: str, cfg: dict, vocab_size: int) -> dict:
     if bos is None:
         bos = check_id(cfg.get("bos_token_id"), os.path.join(folder, "config.json"))
     eos_ids = id_list(gc.get("eos_token_id"), gc_path)
-    e = tok_id("eos_token")
-    if e is not None:
-        eos_ids.append(e)
+    eos_tok = tok_id("eos_token")
+    if eos_tok is not None:
+        eos_ids.append(eos_tok)
     eos_ids += id_list(cfg.get("eos_token_id"), os.path.join(folder, "config.json"))
     eos_ids = list(dict.fromkeys(eos_ids))
 
@@ -724,7 +727,7 @@ def _chat_template(value: Any, where: str) -> str | None:
         return value
     if isinstance(value, list) and all(
             isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("template"), str) for t in value):
-        named = {t["name"]: t["template"] for t in value}
+        named: dict[str, str] = {t["name"]: t["template"] for t in value}
         if "default" not in named:
             raise _Bad(where, f"chat_template lists templates {sorted(named)} but none named 'default'")
         return named["default"]

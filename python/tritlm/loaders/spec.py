@@ -11,14 +11,18 @@ disappear afterwards.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 import numpy as np
 
 from ..errors import ModelLoadError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from .._core import PackedWeights
     from ..tokenizer import TokenizerSource
+
+# A weight as the engine takes it: packed codes for a ternary / binary linear, else a float array.
+Weight: TypeAlias = "PackedWeights | np.ndarray"
 
 __all__ = [
     "CONFIG_KEYS",
@@ -54,7 +58,7 @@ MAX_POSITION = 1 << 30     # a trained context length; 2^40 is a corrupt field, 
 class ModelSpec:
     path: str                              # file or folder it came from
     config: dict                           # docs/engine.md, "config keys"
-    weights: dict[str, object]             # canonical name -> PackedWeights | np.ndarray
+    weights: dict[str, Weight]             # canonical name -> PackedWeights | np.ndarray
     tensor_types: dict[str, str]           # canonical name -> source type ("TQ2_0", "I2_S", "bf16", ...)
     tokenizer: "TokenizerSource"           # what the tokenizer module needs
     chat_template: str | None = None
@@ -104,7 +108,7 @@ def expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
 def check_config(config: dict, where: str) -> None:
     """Raise ModelLoadError naming ``where`` unless the shape numbers are sane and consistent."""
 
-    def fail(msg: str) -> None:
+    def fail(msg: str) -> NoReturn:
         raise ModelLoadError(f"{where}: {msg}")
 
     limits = {
@@ -138,7 +142,7 @@ def check_config(config: dict, where: str) -> None:
         fail(f"max_position (the trained context length) must be an integer in 1..{MAX_POSITION}, got {mp!r}")
 
 
-def _shape_of(w: object) -> tuple[int, ...]:
+def _shape_of(w: Weight) -> tuple[int, ...]:
     if isinstance(w, np.ndarray):
         return tuple(w.shape)
     return (int(w.n), int(w.k))  # PackedWeights
@@ -175,7 +179,7 @@ def validate_spec(spec: ModelSpec) -> None:
 # Float tensors
 
 # float itemsize -> (unsigned view, mask clearing the sign, bits of |x| from which x is inf/NaN)
-_FLOAT_BITS = {
+_FLOAT_BITS: dict[int, tuple[type[np.unsignedinteger[Any]], int, int]] = {
     2: (np.uint16, 0x7FFF, 0x7C00),
     4: (np.uint32, 0x7FFF_FFFF, 0x7F80_0000),
     8: (np.uint64, 0x7FFF_FFFF_FFFF_FFFF, 0x7FF0_0000_0000_0000),
@@ -211,7 +215,7 @@ def non_finite(a: np.ndarray) -> str | None:
 # Linear weights
 
 
-def linear_from_dense(w: np.ndarray, *, allow_binary: bool = True):
+def linear_from_dense(w: np.ndarray, *, allow_binary: bool = True) -> Weight:
     """A float weight [out, in] as the engine wants it.
 
     If every value is 0 or +-s for one s (a ternary weight times a per-tensor scale, as a
@@ -236,21 +240,23 @@ def linear_from_dense(w: np.ndarray, *, allow_binary: bool = True):
     return kernels.pack_ternary(codes, float(s))
 
 
-def scale_linear(w, factor: float):
+def scale_linear(w: Weight, factor: float) -> Weight:
     """Multiply a linear (PackedWeights or float array) by a per-tensor factor."""
     from .. import kernels
 
     if isinstance(w, np.ndarray):
-        return (w * np.float32(factor)).astype(np.float32)
+        scaled: np.ndarray = (w * np.float32(factor)).astype(np.float32)
+        return scaled
     codes, scales = w.unpack()
     scales = (scales * np.float32(factor)).astype(np.float32)
     pack = kernels.pack_binary if w.format == "binary" else kernels.pack_ternary
     return pack(codes, scales, group_size=w.group_size)
 
 
-def dense_from_linear(w) -> np.ndarray:
+def dense_from_linear(w: Weight) -> np.ndarray:
     """The float32 matrix [out, in] a linear computes with (its codes times their scales)."""
     if isinstance(w, np.ndarray):
         return np.asarray(w, dtype=np.float32)
     codes, scales = w.unpack()
-    return codes.astype(np.float32) * np.repeat(scales, w.group_size, axis=1)
+    out: np.ndarray = codes.astype(np.float32) * np.repeat(scales, w.group_size, axis=1)
+    return out
