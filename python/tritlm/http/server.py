@@ -127,7 +127,7 @@ class HTTPServer:
                         while True:
                             await slots.acquire()
                             try:
-                                stream = await one.accept()  # type: ignore[attr-defined]
+                                stream = await one.accept()  # type: ignore[attr-defined]  # TCP listeners: SocketListener
                             except BaseException:
                                 slots.release()
                                 raise

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from ..errors import RequestError
 from ..http import EventSender, Request, Response, StreamingResponse, sse_response
-from ..results import Delta
+from ..results import Completion, Delta
 from .context import Context, json_response, new_id, note_usage, now, reject_unsupported, stream_guarded, vocab_size
-from .generation import cached_tokens, chat_ids, engine_kwargs, jobs_for, run_jobs
+from .generation import OnDelta, cached_tokens, chat_ids, engine_kwargs, jobs_for, run_jobs
 from .logprobs import to_wire
 from .wire.chat import (
     AssistantMessage,
@@ -39,7 +39,7 @@ async def create(ctx: Context, request: Request) -> Response | StreamingResponse
     def logprobs_of(delta: Delta) -> ChoiceLogprobs | None:
         return ChoiceLogprobs(content=to_wire(llm, delta.logprobs)) if req.logprobs else None
 
-    async def generate(on_delta=None):  # type: ignore[no-untyped-def]
+    async def generate(on_delta: OnDelta | None = None) -> tuple[list[Completion], Usage]:
         async with ticket:
             ctx.observer.prompt_tokens(served.id, len(ids))
             done = await run_jobs(llm, jobs, model=served.id, started=request.received_at, observer=ctx.observer,
@@ -68,7 +68,7 @@ async def create(ctx: Context, request: Request) -> Response | StreamingResponse
             async def on_delta(index: int, delta: Delta) -> None:
                 if delta.finish_reason is not None:
                     await events.send(chunk([ChunkChoice(index=index, delta=ChunkDelta(),
-                                                         finish_reason=delta.finish_reason)]))  # type: ignore[arg-type]
+                                                         finish_reason=delta.finish_reason)]))
                 elif delta.text or delta.logprobs:
                     await events.send(chunk([ChunkChoice(index=index, delta=ChunkDelta(content=delta.text),
                                                          logprobs=logprobs_of(delta))]))

@@ -3,18 +3,22 @@ legacy logprobs."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import anyio.to_thread
 
 from ..errors import RequestError
 from ..http import EventSender, Request, Response, StreamingResponse, sse_response
-from ..results import Delta
+from ..results import Completion, Delta
 from .context import Context, json_response, new_id, note_usage, now, reject_unsupported, stream_guarded, vocab_size
 from .generation import cached_tokens, engine_kwargs, jobs_for, prompt_ids, run_jobs
 from .logprobs import LegacyLogprobs, PromptEntry, prompt_logprobs
 from .wire.common import Usage
 from .wire.completions import CompletionChoice, CompletionRequest, CompletionResponse
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from ..llm import LLM
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's, for this endpoint
 
@@ -56,7 +60,10 @@ async def create(ctx: Context, request: Request) -> Response | StreamingResponse
             out.append(lp)
         return out
 
-    async def generate(on_delta=None, on_start=None):  # type: ignore[no-untyped-def]
+    async def generate(
+        on_delta: Callable[[int, Delta, LegacyLogprobs | None], Awaitable[None]] | None = None,
+        on_start: Callable[[list[LegacyLogprobs | None]], Awaitable[None]] | None = None,
+    ) -> tuple[list[Completion], Usage, list[LegacyLogprobs | None]]:
         async with ticket:
             ctx.observer.prompt_tokens(served.id, sum(len(ids) for ids in ids_list))
             logprobs = await legacy_logprobs()
@@ -99,7 +106,7 @@ async def create(ctx: Context, request: Request) -> Response | StreamingResponse
             if lp is not None:
                 lp.add_generated(delta.logprobs)
             if delta.text or delta.logprobs or delta.finish_reason:
-                await events.send(chunk([CompletionChoice(index=index, text=delta.text, finish_reason=delta.finish_reason,  # type: ignore[arg-type]
+                await events.send(chunk([CompletionChoice(index=index, text=delta.text, finish_reason=delta.finish_reason,
                                                           logprobs=lp.take() if lp is not None else None)]))
 
         async def body() -> None:
@@ -113,11 +120,11 @@ async def create(ctx: Context, request: Request) -> Response | StreamingResponse
     return sse_response(produce, ping_interval=ctx.ping_interval)
 
 
-async def _echo_text(llm: Any, prompt: str | list[int], ids: list[int]) -> str:
+async def _echo_text(llm: LLM, prompt: str | list[int], ids: list[int]) -> str:
     return prompt if isinstance(prompt, str) else await anyio.to_thread.run_sync(llm.detokenize, ids)
 
 
-async def _leading_specials(llm: Any, prompt: str | list[int], ids: list[int]) -> int:
+async def _leading_specials(llm: LLM, prompt: str | list[int], ids: list[int]) -> int:
     """Tokens the tokenizer put before a text prompt (BOS): context for the echo, not its text."""
     if not isinstance(prompt, str):
         return 0

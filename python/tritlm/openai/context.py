@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -16,6 +16,9 @@ from ..http import EventSender, Request, Response
 from .errors import classify
 from .served import Catalog, NoObserver, Observer
 from .wire.common import ErrorEnvelope
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from ..llm import LLM
 
 
 @dataclass
@@ -40,7 +43,7 @@ def now() -> int:
     return int(time.time())
 
 
-def vocab_size(llm: Any) -> int:
+def vocab_size(llm: LLM) -> int:
     return int(llm.info["config"]["vocab_size"])
 
 

@@ -12,7 +12,7 @@ import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -22,6 +22,9 @@ from ..errors import ClientDisconnected, RequestError
 from ..results import Completion, Delta
 from .served import Observer
 from .wire.common import SamplingFields
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from ..llm import LLM
 
 # Request fields passed to the engine as they are, when set (else the model's default, if any).
 ENGINE_FIELDS = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
@@ -92,7 +95,7 @@ def jobs_for(ids: list[int], kwargs: dict[str, Any], seed: int | None, n: int) -
     return [Job(ids, {**kwargs, "seed": s}) for s in choice_seeds(seed, n)]
 
 
-async def chat_ids(llm: Any, messages: list[dict[str, Any]], param: str = "messages") -> list[int]:
+async def chat_ids(llm: LLM, messages: list[dict[str, Any]], param: str = "messages") -> list[int]:
     """The chat template applied and tokenized (the template writes BOS itself), context checked;
     ``param`` is the request field the messages came from."""
     def render() -> list[int]:
@@ -101,7 +104,7 @@ async def chat_ids(llm: Any, messages: list[dict[str, Any]], param: str = "messa
     return check_fits(llm, await anyio.to_thread.run_sync(render), param)
 
 
-async def prompt_ids(llm: Any, prompt: str | list[int], vocab_size: int, param: str = "prompt", *,
+async def prompt_ids(llm: LLM, prompt: str | list[int], vocab_size: int, param: str = "prompt", *,
                      generating: bool = True) -> list[int]:
     if isinstance(prompt, str):
         ids = await anyio.to_thread.run_sync(llm.tokenize, prompt)
@@ -114,7 +117,7 @@ async def prompt_ids(llm: Any, prompt: str | list[int], vocab_size: int, param: 
     return check_fits(llm, ids, param, generating=generating)
 
 
-def check_fits(llm: Any, ids: list[int], param: str, *, generating: bool = True) -> list[int]:
+def check_fits(llm: LLM, ids: list[int], param: str, *, generating: bool = True) -> list[int]:
     """``ids`` if they leave the engine a free position: for the answer of a generation, and (the
     engine's rule, LLM._prompt_ids) for an embedding too, though that generates nothing."""
     if not ids:
@@ -130,7 +133,7 @@ def check_fits(llm: Any, ids: list[int], param: str, *, generating: bool = True)
 
 
 async def run_jobs(
-    llm: Any, jobs: Sequence[Job], *, model: str, started: float, observer: Observer, on_delta: OnDelta | None = None
+    llm: LLM, jobs: Sequence[Job], *, model: str, started: float, observer: Observer, on_delta: OnDelta | None = None
 ) -> list[Completion]:
     """Generate every job concurrently; ``on_delta(index, delta)`` sees each piece as it comes.
 

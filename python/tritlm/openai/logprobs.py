@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..results import TokenLogprob as EngineLogprob
 from .wire.common import TokenLogprob, TopLogprob
 from .wire.completions import CompletionLogprobs
 
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from ..llm import LLM
 
-def to_wire(llm: Any, entries: Sequence[EngineLogprob] | None) -> list[TokenLogprob]:
+
+def to_wire(llm: LLM, entries: Sequence[EngineLogprob] | None) -> list[TokenLogprob]:
     def raw(token_id: int) -> list[int]:
         return list(llm.tokenizer.token_bytes(token_id))
 
@@ -58,7 +61,7 @@ class LegacyLogprobs:
 PromptEntry = tuple[str, bytes, float | None, dict[str, float] | None]
 
 
-def prompt_logprobs(llm: Any, ids: list[int], n_special: int, top: int) -> list[PromptEntry]:
+def prompt_logprobs(llm: LLM, ids: list[int], n_special: int, top: int) -> list[PromptEntry]:
     """Each echoed prompt token with its log-probability given the tokens before it (none for a
     first token with nothing before it), for ``LegacyLogprobs.add``. ``n_special`` leading tokens
     (BOS) are context, not text. Computed once per prompt, however many choices echo it.

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -12,7 +12,7 @@ from ..http import EventSender, Request, Response, StreamingResponse, sse_respon
 from ..results import Completion, Delta
 from .context import Context, json_response, new_id, note_usage, now, reject_unsupported, stream_guarded, vocab_size
 from .errors import classify
-from .generation import chat_ids, engine_kwargs, jobs_for, run_jobs
+from .generation import OnDelta, chat_ids, engine_kwargs, jobs_for, run_jobs
 from .logprobs import to_wire
 from .wire.common import TokenLogprob
 from .wire.responses import (
@@ -27,6 +27,7 @@ from .wire.responses import (
     ResponseObject,
     ResponsesRequest,
     ResponseUsage,
+    Status,
     TextDeltaEvent,
     TextDoneEvent,
 )
@@ -49,7 +50,7 @@ async def create(ctx: Context, request: Request) -> Response | StreamingResponse
     request.on_finish(ticket.release)
     response_id, message_id, created = new_id("resp"), new_id("msg"), now()
 
-    def response(status: str, output: list[OutputMessage], done: Completion | None = None) -> ResponseObject:
+    def response(status: Status, output: list[OutputMessage], done: Completion | None = None) -> ResponseObject:
         usage = None
         if done is not None:
             u = done.usage
@@ -58,20 +59,20 @@ async def create(ctx: Context, request: Request) -> Response | StreamingResponse
                 input_tokens_details=InputTokensDetails(cached_tokens=u.cached_tokens,
                                                         cache_write_tokens=u.prompt_tokens - u.cached_tokens))
         return ResponseObject(
-            id=response_id, created_at=created, status=status, model=served.id, output=output,  # type: ignore[arg-type]
+            id=response_id, created_at=created, status=status, model=served.id, output=output,
             incomplete_details=IncompleteDetails(reason="max_output_tokens") if status == "incomplete" else None,
             instructions=req.instructions, max_output_tokens=req.max_output_tokens, metadata=req.metadata or {},
             temperature=req.temperature, top_p=req.top_p, top_logprobs=req.top_logprobs, usage=usage, user=req.user,
         )
 
-    def message(status: str, text: str | None = None, lps: list[TokenLogprob] | None = None) -> OutputMessage:
+    def message(status: Status, text: str | None = None, lps: list[TokenLogprob] | None = None) -> OutputMessage:
         content = [] if text is None else [OutputText(text=text, logprobs=lps or [])]
-        return OutputMessage(id=message_id, status=status, content=content)  # type: ignore[arg-type]
+        return OutputMessage(id=message_id, status=status, content=content)
 
-    def final_status(done: Completion) -> str:
+    def final_status(done: Completion) -> Status:
         return "incomplete" if done.finish_reason == "length" else "completed"
 
-    async def generate(on_delta=None) -> Completion:  # type: ignore[no-untyped-def]
+    async def generate(on_delta: OnDelta | None = None) -> Completion:
         async with ticket:
             ctx.observer.prompt_tokens(served.id, len(ids))
             (done,) = await run_jobs(llm, jobs, model=served.id, started=request.received_at, observer=ctx.observer,
@@ -118,8 +119,9 @@ async def create(ctx: Context, request: Request) -> Response | StreamingResponse
                                         part=OutputText(text=done.text, logprobs=lps), **where))
             item = message(status, done.text, lps)
             await emit(OutputItemEvent(type="response.output_item.done", sequence_number=0, output_index=0, item=item))
-            kind = "response.completed" if status == "completed" else "response.incomplete"
-            await emit(ResponseLifecycleEvent(type=kind, sequence_number=0, response=response(status, [item], done)))  # type: ignore[arg-type]
+            kind: Literal["response.completed", "response.incomplete"] = (
+                "response.completed" if status == "completed" else "response.incomplete")
+            await emit(ResponseLifecycleEvent(type=kind, sequence_number=0, response=response(status, [item], done)))
 
         await stream_guarded(events, body, on_error)
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ..errors import ModelNotReadyError, RequestError
 from .admission import AdmissionQueue
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from ..llm import LLM
 
 Use = Literal["chat", "embedding"]
 State = Literal["loading", "ready", "failed"]
@@ -22,12 +25,12 @@ class ServedModel:
     defaults: dict[str, Any] = field(default_factory=dict)  # sampling defaults for unset fields
     created: int = 0
     owned_by: str = "tritlm"
-    llm: Any = None  # a tritlm.LLM once loaded
+    llm: LLM | None = None  # once loaded
     state: State = "loading"
     error: str | None = None
     fingerprint: str = ""  # system_fingerprint: changes when the backend configuration does
 
-    def ready_llm(self, use: Use) -> Any:
+    def ready_llm(self, use: Use) -> LLM:
         """The engine, if this model is loaded and registered for ``use``."""
         if use not in self.uses:
             raise RequestError(
@@ -38,6 +41,8 @@ class ServedModel:
             raise ModelNotReadyError(f"model {self.id!r} is still loading; retry shortly")
         if self.state == "failed":
             raise ModelNotReadyError(f"model {self.id!r} failed to load: {self.error}")
+        if self.llm is None:  # "ready" without an engine: not loaded after all
+            raise ModelNotReadyError(f"model {self.id!r} is not loaded")
         return self.llm
 
 

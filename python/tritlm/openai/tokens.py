@@ -20,6 +20,7 @@ async def tokenize(ctx: Context, request: Request) -> Response:
     def run() -> list[int]:
         if req.messages is not None:  # the template writes BOS itself
             return llm.tokenize(llm.chat_prompt([m.plain() for m in req.messages]), add_special=False)
+        assert req.prompt is not None  # exactly one of the two: checked above
         return llm.tokenize(req.prompt, add_special=req.add_special_tokens)
 
     ids = await anyio.to_thread.run_sync(run)

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import anyio.to_thread
 
@@ -14,6 +15,9 @@ from .. import __version__, system_info
 from ..errors import ConfigurationError, NotFoundError
 from ..openai import AdmissionQueue, ServedModel
 from .config import ModelConfig, ServeConfig
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from ..llm import LLM
 
 log = logging.getLogger("tritlm.serve")
 
@@ -39,7 +43,7 @@ class Registry:
             assert m.max_running is not None and m.max_waiting is not None
             self._configs[m.id] = m
             self._models[m.id] = ServedModel(
-                id=m.id, admission=AdmissionQueue(m.max_running, m.max_waiting), uses=tuple(m.uses),  # type: ignore[arg-type]
+                id=m.id, admission=AdmissionQueue(m.max_running, m.max_waiting), uses=tuple(m.uses),  # type: ignore[arg-type]  # config.py admits Use values only
                 defaults=dict(m.defaults), created=int(os.path.getmtime(m.path)), owned_by=m.owned_by,
             )
 
@@ -68,17 +72,17 @@ class Registry:
         for model_id, served in self._models.items():
             cfg = self._configs[model_id]
             try:
-                served.llm = await anyio.to_thread.run_sync(self._load, cfg, abandon_on_cancel=True)
+                served.llm = llm = await anyio.to_thread.run_sync(self._load, cfg, abandon_on_cancel=True)
             except Exception as e:
                 served.state, served.error = "failed", f"{type(e).__name__}: {e}"
                 log.error("model %s failed to load from %s: %s", model_id, cfg.path, served.error)
                 continue
-            served.fingerprint = _fingerprint(cfg, served.llm.n_ctx)
+            served.fingerprint = _fingerprint(cfg, llm.n_ctx)
             served.state = "ready"
-            log.info("model %s ready (%s, context %d)", model_id, cfg.path, served.llm.n_ctx)
+            log.info("model %s ready (%s, context %d)", model_id, cfg.path, llm.n_ctx)
 
     @staticmethod
-    def _load(cfg: ModelConfig) -> object:
+    def _load(cfg: ModelConfig) -> LLM:
         from ..llm import LLM
 
         # The server's admission queue hands the engine at most max_running sequences at once,

@@ -3,12 +3,15 @@ sampling parameters, usage, logprobs, and the error envelope."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from ...errors import RequestError
+
+
+_Request = TypeVar("_Request", bound="RequestModel")
 
 
 class RequestModel(BaseModel):
@@ -30,7 +33,7 @@ class RequestModel(BaseModel):
         return {k: v for k, v in data.items() if v is not None or (k in fields and fields[k].is_required())}
 
     @classmethod
-    def parse(cls, body: bytes) -> Any:
+    def parse(cls: type[_Request], body: bytes) -> _Request:
         """The validated request, or RequestError naming an offending field."""
         if not body.strip():
             raise RequestError("the request body is empty; expected a JSON object", code="invalid_json")

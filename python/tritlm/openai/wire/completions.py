@@ -37,8 +37,8 @@ class CompletionRequest(SamplingFields):
         if not p:
             return []
         if all(isinstance(x, int) for x in p):
-            return [list(p)]  # type: ignore[arg-type]
-        return list(p)  # type: ignore[arg-type]
+            return [list(p)]  # type: ignore[arg-type]  # all ints: one token list
+        return list(p)  # type: ignore[arg-type]  # not all ints: strings or token lists
 
 
 class CompletionLogprobs(BaseModel):

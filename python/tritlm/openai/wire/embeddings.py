@@ -22,8 +22,8 @@ class EmbeddingRequest(RequestModel):
         if isinstance(x, str):
             return [x]
         if x and all(isinstance(t, int) for t in x):
-            return [list(x)]  # type: ignore[arg-type]
-        return list(x)  # type: ignore[arg-type]
+            return [list(x)]  # type: ignore[arg-type]  # all ints: one token list
+        return list(x)  # type: ignore[arg-type]  # not all ints: strings or token lists
 
 
 class Embedding(BaseModel):

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 from .common import MEDIA_PARTS, RequestModel, SamplingFields, TokenLogprob, refused
 
 Role = Literal["system", "developer", "user", "assistant"]
+Status = Literal["in_progress", "completed", "incomplete"]
 NO_TOOLS = refused({kind: f"'{kind}' items are not supported (this server does no tool calling)"
                     for kind in ("function_call", "function_call_output", "custom_tool_call",
                                  "custom_tool_call_output")})
@@ -91,7 +92,7 @@ class OutputMessage(BaseModel):
     id: str
     type: Literal["message"] = "message"
     role: Literal["assistant"] = "assistant"
-    status: Literal["in_progress", "completed", "incomplete"]
+    status: Status
     content: list[OutputText]
 
 
@@ -128,7 +129,7 @@ class ResponseObject(BaseModel):
     id: str
     object: Literal["response"] = "response"
     created_at: int
-    status: Literal["in_progress", "completed", "incomplete"]
+    status: Status
     model: str
     output: list[OutputMessage]
     error: None = None
