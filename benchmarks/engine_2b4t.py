@@ -85,11 +85,13 @@ def load_figures(model_weights: dict, threads: int, path: str) -> None:
     write_i2_s(model_weights, path)
     print(f"wrote {path} in {time.perf_counter() - t:.1f} s")
     code = (
-        "import resource, time, tritlm\n"
+        "import time, tritlm\n"
         f"t = time.perf_counter(); llm = tritlm.LLM({path!r}, n_threads={threads}, n_ctx=4096)\n"
         "dt = time.perf_counter() - t\n"
         "info = llm.info\n"
-        "rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        # VmHWM, not ru_maxrss: Linux carries the forked parent's peak, this whole benchmark's,
+        # into the child's ru_maxrss across exec.
+        "rss = int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) * 1024\n"
         "kv = 2 * 30 * 4096 * 640 * 2\n"
         "need = info['linear_bytes'] + info['head_bytes'] + kv\n"
         "print(f'load {dt:.1f} s; peak RSS {rss / 1e9:.2f} GB = {rss / need:.2f} x (packed weights + f16 KV cache'\n"
