@@ -5,13 +5,10 @@ tritlm._core) is the one nanobind generates from the module as built."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import pytest
 from mypy import api as mypy_api  # the test extra
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,7 +17,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_mypy_finds_no_error(tmp_path: Path) -> None:
     # A fresh cache: the check takes a few seconds without one (gguf-py's optional imports of
     # transformers and torch are skipped in the settings; analysing those took a minute).
-    start = time.perf_counter()
     stdout, stderr, status = mypy_api.run([
         "--config-file", str(ROOT / "pyproject.toml"),
         "--cache-dir", str(tmp_path / "mypy_cache"),
@@ -28,7 +24,6 @@ def test_mypy_finds_no_error(tmp_path: Path) -> None:
     ])
     assert status == 0, f"mypy found errors:\n{stdout}{stderr}"
     assert "Success: no issues found" in stdout
-    assert time.perf_counter() - start < 60, "mypy took over a minute: a heavy import is analysed again?"
 
 
 def test_packaged_typing_files_are_there() -> None:
@@ -37,7 +32,6 @@ def test_packaged_typing_files_are_there() -> None:
     assert (ROOT / "python" / "tritlm" / "_core.pyi").is_file()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("nanobind") is None, reason="nanobind (a build requirement) is not installed")
 def test_core_stub_matches_the_built_module() -> None:
     run = subprocess.run([sys.executable, str(ROOT / "tools" / "stubgen_core.py"), "--check"],
                          capture_output=True, text=True, timeout=120)
