@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <mutex>
 #include <stdexcept>
 
@@ -21,10 +22,13 @@ namespace {
 using model::Linear;
 using model::Table;
 
-// The model plus the Python objects whose memory it views.
+// The model plus the Python objects whose memory it views, and the aligned copies of tables it
+// could not view (Builder::table).
 struct PyModel {
   model::Model m;
   std::vector<nb::object> owners;
+  std::vector<std::vector<uint16_t>> f16_copies;  // moving these vectors keeps their data in place
+  std::vector<std::vector<float>> f32_copies;
 };
 
 template <class T>
@@ -116,6 +120,10 @@ class Builder {
     return l;
   }
 
+  // An embedding or output table, viewed in place. A GGUF file's tables are views of its memory
+  // map, and a file whose general.alignment is 1 (or 2, for f32) puts them at addresses not
+  // aligned for their elements, which the kernels and Table::at must not read as such: those
+  // get an aligned copy the model owns instead.
   Table table(const std::string& name, int64_t rows, int64_t cols) {
     nb::handle h = get(name);
     Input a;
@@ -123,12 +131,17 @@ class Builder {
     Table t;
     t.rows = rows;
     t.cols = cols;
+    const void* data;
+    const bool half = a.dtype().code == static_cast<uint8_t>(nb::dlpack::dtype_code::Float) &&
+                      a.dtype().bits == 16 && a.dtype().lanes == 1;
     if (a.dtype() == nb::dtype<float>()) {
-      t.f32 = require<float>(a, name.c_str(), 2);
-    } else if (a.dtype().code == static_cast<uint8_t>(nb::dlpack::dtype_code::Float) && a.dtype().bits == 16) {
+      data = require_bytes<float>(a, name.c_str(), 2);
+    } else if (half) {
+      if (a.device_type() != nb::device::cpu::value)
+        throw nb::value_error(("weight '" + name + "' must be a CPU array").c_str());
       if (a.ndim() != 2 || a.stride(1) != 1 || a.stride(0) != static_cast<int64_t>(a.shape(1)))
         throw nb::value_error(("weight '" + name + "' must be a C-contiguous 2-D array").c_str());
-      t.f16 = static_cast<const uint16_t*>(a.data());
+      data = a.data();
     } else {
       throw nb::type_error(("weight '" + name + "' must be float16 or float32, got " + dtype_name(a.dtype())).c_str());
     }
@@ -136,7 +149,18 @@ class Builder {
       throw nb::value_error(("weight '" + name + "' is [" + std::to_string(a.shape(0)) + ", " +
                              std::to_string(a.shape(1)) + "], expected [" + std::to_string(rows) + ", " +
                              std::to_string(cols) + "]").c_str());
-    pm_.owners.push_back(nb::borrow(h));
+    const size_t count = static_cast<size_t>(rows * cols);
+    if (half ? aligned_for<uint16_t>(data) : aligned_for<float>(data)) {
+      if (half)
+        t.f16 = static_cast<const uint16_t*>(data);
+      else
+        t.f32 = static_cast<const float*>(data);
+      pm_.owners.push_back(nb::borrow(h));
+    } else if (half) {
+      t.f16 = aligned_copy(data, count, pm_.f16_copies);
+    } else {
+      t.f32 = aligned_copy(data, count, pm_.f32_copies);
+    }
     return t;
   }
 
@@ -169,6 +193,14 @@ class Builder {
   }
 
  private:
+  template <class T>
+  static const T* aligned_copy(const void* data, size_t count, std::vector<std::vector<T>>& copies) {
+    std::vector<T> copy(count);
+    std::memcpy(copy.data(), data, count * sizeof(T));
+    copies.push_back(std::move(copy));
+    return copies.back().data();
+  }
+
   PyModel& pm_;
   const nb::dict& w_;
 };

@@ -6,6 +6,7 @@
 #include <nanobind/ndarray.h>
 
 #include <atomic>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -67,9 +68,18 @@ template <> inline const char* dtype_of<int8_t>() { return "int8"; }
 template <> inline const char* dtype_of<uint8_t>() { return "uint8"; }
 template <> inline const char* dtype_of<int32_t>() { return "int32"; }
 
-// The data of a C-contiguous CPU array of T with `ndim` dimensions, or an exception naming `name`.
+// True when p may be read as a T: numpy allows views at any byte offset (np.frombuffer(buf,
+// offset=1), a memory-mapped file's tensor), and reading a T at an address not aligned for it
+// is undefined behaviour, whatever the CPU tolerates.
 template <class T>
-const T* require(const Input& a, const char* name, size_t ndim) {
+bool aligned_for(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % alignof(T) == 0;
+}
+
+// The data of a C-contiguous CPU array of T with `ndim` dimensions, or an exception naming
+// `name`; its address is not checked against T's alignment (for callers that copy the bytes).
+template <class T>
+const void* require_bytes(const Input& a, const char* name, size_t ndim) {
   const std::string arg(name);
   if (a.device_type() != nb::device::cpu::value) throw nb::value_error((arg + " must be a CPU array").c_str());
   if (a.dtype() != nb::dtype<T>())
@@ -83,7 +93,18 @@ const T* require(const Input& a, const char* name, size_t ndim) {
       throw nb::value_error((arg + " must be C-contiguous (use numpy.ascontiguousarray)").c_str());
     expected *= static_cast<int64_t>(a.shape(i));
   }
-  return static_cast<const T*>(a.data());
+  return a.data();
+}
+
+// As require_bytes, and aligned for T, so native code may read the elements as T.
+template <class T>
+const T* require(const Input& a, const char* name, size_t ndim) {
+  const void* p = require_bytes<T>(a, name, ndim);
+  if (a.size() > 0 && !aligned_for<T>(p))
+    throw nb::value_error((std::string(name) + " is not aligned to its " + std::to_string(alignof(T)) +
+                           "-byte elements (a view at an odd byte offset); copy it with numpy.array")
+                              .c_str());
+  return static_cast<const T*>(p);
 }
 
 inline void check_k(int64_t k, const char* what) {

@@ -66,6 +66,15 @@ def _check_binary(w: np.ndarray) -> np.ndarray:
     return w.astype(np.int8)
 
 
+def unaligned(a: np.ndarray) -> np.ndarray:
+    """A copy of ``a`` one byte into a buffer: C-contiguous and of a's dtype, but not aligned for
+    it, as np.frombuffer at an odd offset (or a tensor of a memory-mapped file) can make."""
+    out = np.zeros(a.nbytes + 1, np.uint8)[1:].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned
+    return out
+
+
 def fp16_to_f32(h: np.ndarray) -> np.ndarray:
     """IEEE binary16 bit patterns (uint16) to float32, bit by bit (not via numpy's float16)."""
     h = np.asarray(h, dtype=np.uint16).astype(np.uint32)

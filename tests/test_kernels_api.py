@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+import formats as F  # tests/formats.py
 import tritlm
 from tritlm import kernels
 
@@ -52,6 +53,27 @@ def test_non_finite_activations_name_the_row() -> None:
     x[1, 5] = np.inf
     with pytest.raises(ValueError, match="row 1"):
         kernels.quantize_activations(x)
+
+
+def test_unaligned_arrays_are_refused(packed: kernels.PackedWeights) -> None:
+    """The kernels read a float32 (int32) array's elements as such: one not aligned for them was
+    read anyway, undefined behaviour that UndefinedBehaviorSanitizer stopped at ("load of
+    misaligned address ... for type 'const float'", scalar.cpp's quantize_row). Refused instead,
+    naming the argument, as a non-contiguous array is."""
+    x = F.unaligned(np.ones((2, 256), np.float32))
+    for isa in kernels.available_isas():
+        with pytest.raises(ValueError, match="x is not aligned to its 4-byte elements"):
+            kernels.quantize_activations(x, isa=isa)
+        with pytest.raises(ValueError, match="x is not aligned"):
+            kernels.linear(packed, x, isa=isa)
+        with pytest.raises(ValueError, match="x is not aligned"):
+            kernels.to_float16(F.unaligned(np.ones(32, np.float32)), isa=isa)
+    with pytest.raises(ValueError, match="scale is not aligned"):
+        kernels.activations_from_int8(np.ones((2, 128), np.int8), F.unaligned(np.ones(2, np.float32)))
+    with pytest.raises(ValueError, match="scale is not aligned"):
+        kernels.pack_ternary(np.ones((2, 128), np.int8), F.unaligned(np.ones((2, 1), np.float32)))
+    # an aligned copy of the same values goes through
+    assert np.array_equal(kernels.linear(packed, np.array(x)), kernels.linear(packed, np.ones((2, 256), np.float32)))
 
 
 def test_mismatched_k(packed: kernels.PackedWeights) -> None:

@@ -586,6 +586,31 @@ def test_gguf_custom_alignment(models, tmp_path):
         assert_same_weights(spec, models["ref"])
 
 
+def test_gguf_alignment_one_leaves_f16_tables_unaligned_in_the_map(models, tmp_path):
+    """general.alignment 1 is legal, and with a header of odd length it puts every tensor at an odd
+    address of the memory map, the f16 embedding (viewed there, not copied) included: the forward
+    pass read its halves at misaligned addresses (UBSan: "load of misaligned address ... for type
+    'const uint16_t'", Table::at). The model copies such a table and runs exactly as from an
+    aligned file."""
+    import tritlm
+
+    spec = load_hf(models["master"])
+    spec.weights["token_embd"] = spec.weights["token_embd"].astype(np.float16)
+    aligned = write_gguf(spec, tmp_path / "f16.gguf", "tq2_0")
+    for pad in ("x", "xy"):  # one of the two header lengths is odd
+        path = mf.rewrite_gguf(aligned, tmp_path / f"a1-{len(pad)}.gguf", alignment=1,
+                               fields={"tritlm.test.pad": (pad, gguf.GGUFValueType.STRING)})
+        if load_gguf(path).weights["token_embd"].ctypes.data % 2:
+            break
+    assert not load_gguf(path).weights["token_embd"].flags.aligned
+
+    def logits(p) -> np.ndarray:
+        with tritlm.LLM(p, n_ctx=64) as llm:
+            return llm.eval_logits([1, 5, 9, 200, 3])
+
+    assert np.array_equal(logits(path), logits(aligned))
+
+
 def test_hf_llama_with_bitnet_quantization(tmp_path, models):
     """model_type "llama" with a BitNet quantization_config (e.g. HF1BitLLM's Llama3-8B-1.58):
     BitLinear layers, SiLU, no sub-norms."""

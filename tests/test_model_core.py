@@ -225,6 +225,34 @@ def test_sampler_distribution_follows_temperature_and_filters() -> None:
     assert set(s.sample(logits, np.array([], np.int32))[0] for _ in range(500)) == {0, 1}
 
 
+def test_unaligned_tables_are_copied_and_other_weights_refused() -> None:
+    """A table (embedding, head) is a view of the caller's array, which a GGUF file with
+    general.alignment 1 puts at an odd address of its memory map: Table::at and the scalar f16
+    head then read uint16 values at misaligned addresses (UBSan: "load of misaligned address ...
+    for type 'const uint16_t'", forward.cpp). The model takes an aligned copy of such a table, and
+    computes exactly what it does from an aligned one; other weights and tokens are refused."""
+    packed, _ = random_model(CONFIG, seed=12)
+    tokens = np.array([5, 17, 300, 2, 99], np.int32)
+
+    def run(weights: dict) -> np.ndarray:
+        return _core.Session(_core.Model(CONFIG, weights), 16).eval(tokens, "all")
+
+    want = run(packed)
+    emb16 = F.unaligned(packed["token_embd"])
+    assert np.array_equal(run({**packed, "token_embd": emb16}), want)
+    emb32 = packed["token_embd"].astype(np.float32)
+    head = {**packed, "token_embd": emb32, "output": emb16}
+    assert np.array_equal(run({**head, "token_embd": F.unaligned(emb32)}), run(head))
+    with pytest.raises(ValueError, match="blk.0.attn_norm is not aligned"):
+        _core.Model(CONFIG, {**packed, "blk.0.attn_norm": F.unaligned(packed["blk.0.attn_norm"])})
+    s = _core.Session(_core.Model(CONFIG, packed), 16)
+    with pytest.raises(ValueError, match="tokens is not aligned"):
+        s.eval(F.unaligned(tokens), "last")
+    with pytest.raises(ValueError, match="tokens is not aligned"):
+        _core.eval_batch([s], [F.unaligned(tokens)])
+    assert s.n_past == 0
+
+
 @pytest.mark.parametrize(
     "kwargs, field",
     [({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"), ({"top_p": 1.5}, "top_p"),
