@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <stdexcept>
 
@@ -426,6 +427,9 @@ void bind_model(nb::module_& m) {
             const float* l = require<float>(logits, "logits", 1);
             const int32_t* h = require<int32_t>(history, "history", 1);
             if (n_top < 0 || n_top > 20) throw nb::value_error("n_top must be between 0 and 20");
+            if (logits.shape(0) < 1 || logits.shape(0) > static_cast<size_t>(std::numeric_limits<int32_t>::max()))
+              throw nb::value_error(("logits must hold between 1 and 2^31 - 1 values, got " +
+                                     std::to_string(logits.shape(0))).c_str());
             const model::Sample r =
                 s.sample(l, static_cast<int32_t>(logits.shape(0)), h, static_cast<int64_t>(history.shape(0)), n_top);
             return std::make_tuple(r.token, r.logprob, r.top);

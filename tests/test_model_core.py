@@ -225,6 +225,22 @@ def test_sampler_distribution_follows_temperature_and_filters() -> None:
     assert set(s.sample(logits, np.array([], np.int32))[0] for _ in range(500)) == {0, 1}
 
 
+def test_sampler_refuses_empty_and_unaligned_input() -> None:
+    """Empty logits made sample() read the maximum of an empty vector (UBSan: "reference binding
+    to null pointer of type 'float'", then a crash); unaligned ones were read as float anyway."""
+    empty = np.zeros(0, np.float32)
+    for temperature in (0.0, 1.0):
+        with pytest.raises(ValueError, match="logits must hold between 1 and"):
+            _core.Sampler(temperature=temperature).sample(empty, np.zeros(0, np.int32), 3)
+    logits = np.linspace(0, 1, 10, dtype=np.float32)
+    history = np.array([9, 9, 9], np.int32)
+    with pytest.raises(ValueError, match="logits is not aligned"):
+        _core.Sampler().sample(F.unaligned(logits), history)
+    with pytest.raises(ValueError, match="history is not aligned"):
+        _core.Sampler().sample(logits, F.unaligned(history))
+    assert _core.Sampler(temperature=0).sample(logits[:1], history)[0] == 0
+
+
 def test_unaligned_tables_are_copied_and_other_weights_refused() -> None:
     """A table (embedding, head) is a view of the caller's array, which a GGUF file with
     general.alignment 1 puts at an odd address of its memory map: Table::at and the scalar f16

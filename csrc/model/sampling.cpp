@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <stdexcept>
+#include <string>
 #include <unordered_map>
 
 namespace tritlm::model {
@@ -10,6 +12,8 @@ namespace tritlm::model {
 Sampler::Sampler(SamplingParams p) : p_(std::move(p)), rng_(p_.seed) {}
 
 Sample Sampler::sample(const float* logits, int32_t vocab, const int32_t* history, int64_t n_history, int n_top) {
+  // The maximum below reads the first logit, and a token must exist to be chosen.
+  if (vocab < 1) throw std::invalid_argument("logits must hold at least one value, got " + std::to_string(vocab));
   std::vector<float> l(logits, logits + vocab);
   for (const auto& [token, bias] : p_.logit_bias)
     if (token >= 0 && token < vocab) l[token] += bias;

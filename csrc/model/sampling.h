@@ -32,6 +32,7 @@ class Sampler {
  public:
   explicit Sampler(SamplingParams p);
   // `history` is every token of the sequence so far (prompt and generated), for the penalties.
+  // Throws std::invalid_argument unless vocab >= 1.
   Sample sample(const float* logits, int32_t vocab, const int32_t* history, int64_t n_history, int n_top);
 
  private:
