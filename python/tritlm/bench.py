@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
-import errno
 import gc
 import json
 import math
@@ -33,7 +32,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -43,6 +41,7 @@ import numpy as np
 
 from . import _core, kernels
 from .__main__ import _bytes, count, run_command
+from .atomic_write import replaced_at_end
 from .kernels import PackedWeights
 
 # --------------------------------------------------------------------------------------------
@@ -268,8 +267,8 @@ def json_safe(value: Any) -> Any:
 
 
 def dump_json(data: Any, file: Any) -> None:
-    """Write ``data`` as strict JSON (no NaN) with a final newline."""
-    json.dump(json_safe(data), file, indent=2, allow_nan=False)
+    """Write ``data`` (a to_json() document, NaN already None) as strict JSON with a final newline."""
+    json.dump(data, file, indent=2, allow_nan=False)
     file.write("\n")
 
 
@@ -998,32 +997,13 @@ def add_output_option(p: argparse.ArgumentParser) -> None:
 
 @contextlib.contextmanager
 def pending_file(path: str | None) -> Iterator[IO[str] | None]:
-    """A text file that replaces ``path`` only when the with-block ends without an error.
-
-    Why: the figures are written after minutes of measuring; a path that cannot be written must
-    fail before that (a temporary file is made beside it at once), and a run that is interrupted
-    or fails must not leave an empty file in place of a previous run's figures."""
+    """--json's file, opened now (an unwritable path fails before minutes of measuring) and put
+    in place only when the run completes (atomic_write.replaced_at_end)."""
     if path is None:
         yield None
         return
-    if os.path.isdir(path):
-        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                                   prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    except OSError as e:
-        raise OSError(e.errno, e.strerror, path) from None  # name the user's path, not the temporary one
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # the mode a plain open() would have given, not mkstemp's 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with replaced_at_end(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        yield f
 
 
 def main(argv: Sequence[str] | None = None) -> int:

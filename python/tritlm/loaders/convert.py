@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..atomic_write import replaced_at_end
 from ..errors import InvalidArgumentError, ModelLoadError
 from .gguf import GGML_TYPE_I2_S
 from .spec import LINEAR_NAMES, ModelSpec, dense_from_linear, validate_spec
@@ -122,20 +123,6 @@ def _check_destination(out_path: str) -> None:
     folder = os.path.dirname(os.path.abspath(out_path))
     if not os.path.isdir(folder):
         raise InvalidArgumentError(f"{out_path}: no such folder {folder}", param="out_path")
-
-
-@contextlib.contextmanager
-def _replaced_at_end(out_path: str) -> Iterator[str]:
-    """A temporary path to write to, renamed to ``out_path`` once the block succeeds and removed
-    if it fails (Ctrl-C too), so no half-written file is ever left under ``out_path``."""
-    partial = out_path + ".part"
-    try:
-        yield partial
-        os.replace(partial, out_path)
-    except BaseException:
-        if os.path.exists(partial):
-            os.remove(partial)
-        raise
 
 
 def _add_quantized(writer: GGUFWriter, name: str, w: np.ndarray, qtype: GGMLQuantizationType) -> None:
@@ -237,7 +224,7 @@ def write_gguf(
     _check_destination(out_path)
     tok = _tokenizer_meta(spec)
 
-    with _replaced_at_end(out_path) as partial, contextlib.closing(gguf.GGUFWriter(partial, arch)) as w:
+    with replaced_at_end(out_path) as partial, contextlib.closing(gguf.GGUFWriter(partial, arch)) as w:
         w.add_name(name or os.path.basename(os.path.normpath(spec.path)) or "model")
         if type in ("tq1_0", "tq2_0"):
             w.add_file_type(gguf.LlamaFileType.MOSTLY_TQ1_0 if type == "tq1_0" else gguf.LlamaFileType.MOSTLY_TQ2_0)
